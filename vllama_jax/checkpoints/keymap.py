@@ -5,7 +5,8 @@ A `KeyMap` is a table of entries `(hf_key, path, transform, layer)`:
     hf_key     the released name, e.g. `model.layers.3.self_attn.q_proj.weight`
     path       where it goes in our nested params, e.g. `("decoder", "layers", "self_attn", "q_proj", "kernel")`
     transform  how a PyTorch tensor becomes ours (`linear`: transpose (out, in) -> (in, out), ...)
-    layer      for params of a scanned layer stack: the index on the stacked leading axis (else None)
+    layer      for stacked params (a scanned layer stack, Mixtral's experts): the index on the stacked
+               leading axis, or a tuple of indices for several stacked axes (layer, expert); else None
 
 Each model file builds its own table (`hf_key_map(config, prefix)`); `to_params` converts a state dict
 with it and checks everything against the model's expected shapes: a missing, unexpected or mis-shaped
@@ -14,7 +15,7 @@ key is a `CheckpointError` naming the key and both shapes. `to_state_dict` is th
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class Entry:
     hf_key: str
     path: Tuple[str, ...]
     transform: str = "identity"
-    layer: Optional[int] = None  # index on the stacked (scanned) leading axis
+    layer: Optional[Tuple[int, ...]] = None  # indices on the stacked leading axes
 
 
 class KeyMap:
@@ -64,9 +65,12 @@ class KeyMap:
     def __init__(self, entries: Iterable[Entry] = ()):
         self.entries: List[Entry] = list(entries)
 
-    def add(self, hf_key: str, path: Sequence[str], transform: str = "identity", layer: Optional[int] = None):
+    def add(self, hf_key: str, path: Sequence[str], transform: str = "identity",
+            layer: Optional[Union[int, Tuple[int, ...]]] = None):
         if transform not in TRANSFORMS:
             raise ValueError(f"unknown transform {transform}")
+        if isinstance(layer, int):
+            layer = (layer,)
         self.entries.append(Entry(hf_key, tuple(path), transform, layer))
         return self
 
@@ -129,7 +133,7 @@ def to_params(state_dict: Mapping[str, np.ndarray], keymap: KeyMap, expected: Ma
         shown = ", ".join(sorted(unexpected)[:8]) + (f" (and {len(unexpected) - 8} more)" if len(unexpected) > 8 else "")
         raise CheckpointError(f"{source}: unexpected key(s) {shown}")
 
-    stacks: Dict[Tuple[str, ...], Dict[int, Tuple[Entry, np.ndarray]]] = {}
+    stacks: Dict[Tuple[str, ...], Dict[Tuple[int, ...], Tuple[Entry, np.ndarray]]] = {}
     flat: Dict[Tuple[str, ...], np.ndarray] = {}
     for e in keymap.entries:
         if e.path not in exp_flat:
@@ -137,24 +141,29 @@ def to_params(state_dict: Mapping[str, np.ndarray], keymap: KeyMap, expected: Ma
         arr = TRANSFORMS[e.transform][0](np.asarray(state_dict[e.hf_key]))
         if dtype is not None:
             arr = arr.astype(dtype)
+        want = _shape(exp_flat[e.path])
+        if e.layer is not None:
+            want = want[len(e.layer):]
+        if arr.shape != want:
+            at = "/".join(e.path) + ("" if e.layer is None else str(list(e.layer)))
+            raise CheckpointError(f"{source}: key {e.hf_key} has shape {tuple(np.shape(state_dict[e.hf_key]))} "
+                                  f"(as ours {arr.shape}), the model expects {want} at {at}")
         if e.layer is None:
-            want = _shape(exp_flat[e.path])
-            if arr.shape != want:
-                raise CheckpointError(f"{source}: key {e.hf_key} has shape {tuple(np.shape(state_dict[e.hf_key]))} "
-                                      f"(as ours {arr.shape}), the model expects {want} at {'/'.join(e.path)}")
             flat[e.path] = arr
         else:
             stacks.setdefault(e.path, {})[e.layer] = (e, arr)
-    for path, layers in stacks.items():
-        want = _shape(exp_flat[path])
-        if sorted(layers) != list(range(want[0])):
-            raise CheckpointError(f"{source}: {'/'.join(path)} expects {want[0]} stacked layers, "
-                                  f"the checkpoint gives layers {sorted(layers)}")
-        for i, (e, arr) in layers.items():
-            if arr.shape != want[1:]:
-                raise CheckpointError(f"{source}: key {e.hf_key} has shape {tuple(np.shape(state_dict[e.hf_key]))} "
-                                      f"(as ours {arr.shape}), the model expects {want[1:]} at {'/'.join(path)}[{i}]")
-        flat[path] = np.stack([layers[i][1] for i in range(want[0])])
+    for path, parts in stacks.items():
+        full = _shape(exp_flat[path])
+        n = len(next(iter(parts)))
+        wanted = set(np.ndindex(*full[:n]))
+        if set(parts) != wanted:
+            gaps = sorted(wanted - set(parts))[:4]
+            raise CheckpointError(f"{source}: {'/'.join(path)} stacks {full[:n]} entries; the checkpoint lacks "
+                                  f"{gaps} (or has extra ones)")
+        out = np.empty(full, dtype=next(iter(parts.values()))[1].dtype)
+        for idx, (_, arr) in parts.items():
+            out[idx] = arr
+        flat[path] = out
     not_filled = [p for p in exp_flat if p not in flat]
     if not_filled:
         raise CheckpointError(f"{source}: no key fills param(s) " + ", ".join("/".join(p) for p in not_filled[:8]))
@@ -168,6 +177,6 @@ def to_state_dict(params: Mapping, keymap: KeyMap) -> Dict[str, np.ndarray]:
     for e in keymap.entries:
         arr = np.asarray(flat[e.path])
         if e.layer is not None:
-            arr = arr[e.layer]
+            arr = arr[tuple(e.layer)]
         out[e.hf_key] = TRANSFORMS[e.transform][1](arr)
     return out

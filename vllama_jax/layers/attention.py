@@ -1,0 +1,113 @@
+"""Multi-head attention, one module for every model: decoders (causal, RoPE, grouped-query, KV cache,
+sliding window), the vision towers (bidirectional, biased projections) and BEATs (additive bias).
+
+    x (B, L, D) -> (B, L, D)
+
+Params: `q_proj` (embed, heads), `k_proj` / `v_proj` (embed, kv), `o_proj` (heads, embed); the key
+maps give them the checkpoint's names (`out_proj` in CLIP / BEATs).
+
+KV cache: a dict `{"k": (B, S, KVH, hd), "v": (B, S, KVH, hd)}` plus the write slot `index` (int32
+scalar) passed alongside. The L new keys/values are written at slots [index, index + L); a query at
+slot index + i sees the slots <= index + i that `mask` marks valid. Static shapes throughout, so one
+compiled step serves every decode position.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vllama_jax.layers.linear import Dense
+from vllama_jax.layers.rope import apply_rope
+
+# A large negative number rather than -inf, so a row with nothing to attend to (a padding query)
+# stays finite instead of becoming NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def dot_product_attention(q, k, v, mask=None, bias=None, scale=None):
+    """Softmax attention with grouped-query heads.
+
+    q (B, Lq, H, hd); k, v (B, Lk, KVH, hd) with H a multiple of KVH; mask broadcastable to
+    (B, H, Lq, Lk) bool (True = attend); bias broadcastable to (B, H, Lq, Lk), added to the logits.
+    Softmax in float32. Returns (B, Lq, H, hd).
+    """
+    b, lq, h, hd = q.shape
+    kvh = k.shape[2]
+    groups = h // kvh
+    scale = hd ** -0.5 if scale is None else scale
+    qg = q.reshape(b, lq, kvh, groups, hd)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) * scale  # (B, KVH, G, Lq, Lk)
+    logits = logits.reshape(b, h, lq, k.shape[1])
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = probs.reshape(b, kvh, groups, lq, k.shape[1])
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, lq, h, hd)
+
+
+def causal_mask(q_slots, k_slots, sliding_window: Optional[int] = None):
+    """(…, Lq, Lk) bool: key slot <= query slot (and within the window when one is set)."""
+    allowed = k_slots[..., None, :] <= q_slots[..., :, None]
+    if sliding_window is not None:
+        allowed &= k_slots[..., None, :] > q_slots[..., :, None] - sliding_window
+    return allowed
+
+
+class Attention(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    qkv_bias: bool = False
+    out_bias: bool = False
+    rope_theta: Optional[float] = None  # None: no rotary embedding
+    causal: bool = False
+    sliding_window: Optional[int] = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, positions=None, mask=None, bias=None, cache=None, cache_index=None):
+        """x (B, L, D). positions (B, L) int (RoPE). mask: (B, Lk) bool key-validity (Lk = L, or the cache
+        length S with a cache) or a full (B, 1|H, L, Lk) bool mask. bias: additive (B|1, H, L, Lk).
+        Returns (out (B, L, D), new_cache or None)."""
+        b, l, d = x.shape
+        dense = lambda n, axes, bias_, name: Dense(n, axes, bias_, self.dtype, self.param_dtype, name=name)
+        q = dense(self.num_heads * self.head_dim, ("embed", "heads"), self.qkv_bias, "q_proj")(x)
+        k = dense(self.num_kv_heads * self.head_dim, ("embed", "kv"), self.qkv_bias, "k_proj")(x)
+        v = dense(self.num_kv_heads * self.head_dim, ("embed", "kv"), self.qkv_bias, "v_proj")(x)
+        q = q.reshape(b, l, self.num_heads, self.head_dim)
+        k = k.reshape(b, l, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, l, self.num_kv_heads, self.head_dim)
+        if self.rope_theta is not None:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(l), (b, l))
+            q = apply_rope(q, positions, self.rope_theta)
+            k = apply_rope(k, positions, self.rope_theta)
+
+        new_cache = None
+        q_slots = jnp.arange(l)
+        if cache is not None:
+            index = jnp.asarray(cache_index, jnp.int32)
+            ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+            new_cache = {"k": ck, "v": cv}
+            k, v = ck.astype(self.dtype), cv.astype(self.dtype)
+            q_slots = q_slots + index
+        k_slots = jnp.arange(k.shape[1])
+
+        full_mask = None
+        if mask is not None:
+            full_mask = mask[:, None, None, :] if mask.ndim == 2 else mask
+            full_mask = full_mask.astype(bool)
+        if self.causal:
+            cm = causal_mask(q_slots, k_slots, self.sliding_window)[None, None]
+            full_mask = cm if full_mask is None else (full_mask & cm)
+
+        out = dot_product_attention(q, k, v, mask=full_mask, bias=bias)
+        out = out.reshape(b, l, self.num_heads * self.head_dim)
+        out = Dense(d, ("heads", "embed"), self.out_bias, self.dtype, self.param_dtype, name="o_proj")(out)
+        return out, new_cache

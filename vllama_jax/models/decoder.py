@@ -1,0 +1,199 @@
+"""The causal language model: Mistral, Qwen2 and Mixtral in one module, told apart by `DecoderConfig`.
+
+    input_ids (B, L) int  or  inputs_embeds (B, L, D)  ->  logits (B, L, V) float32  (or hidden (B, L, D))
+
+A pre-norm transformer: token embedding, `num_layers` x [RMSNorm -> causal GQA attention with RoPE ->
+residual -> RMSNorm -> MLP -> residual], final RMSNorm, LM head. The family flags:
+    qwen2     q/k/v projections carry a bias (`attention_bias`)
+    mixtral   the MLP is a sparse mixture of experts (`num_experts` > 0, layers/moe.py)
+    mistral   optionally a sliding attention window (`sliding_window`)
+
+The layers are one `nn.scan` over a leading `layers` axis (logical name "layers"), so a 72B model
+compiles one layer, and training can remat each layer (`remat_policy`). Param tree (HF names):
+
+    embed_tokens/embedding                       (vocab, embed)
+    layers/input_layernorm/scale                 (layers, embed)
+    layers/self_attn/{q,k,v,o}_proj/kernel[,bias]
+    layers/post_attention_layernorm/scale
+    layers/mlp/{gate_proj,up_proj,down_proj}/kernel                       dense families
+    layers/block_sparse_moe/{gate/kernel, experts/{w1,w3,w2}}            mixtral
+    norm/scale
+    lm_head/kernel                               (embed, vocab); absent with tie_word_embeddings
+
+KV cache (`init_cache`): {"k", "v"} of shape (layers, B, S, KVH, hd); each scanned layer reads and
+writes its own slice. The L new tokens go to slots [cache_index, cache_index + L) and `attention_mask`
+(B, S) marks which slots hold real tokens, so left-padded prompts and one-token decode steps share one
+compiled shape (see layers/attention.py).
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vllama_jax.checkpoints.keymap import KeyMap
+from vllama_jax.config import DecoderConfig
+from vllama_jax.layers.attention import Attention
+from vllama_jax.layers.linear import Dense, default_kernel_init
+from vllama_jax.layers.mlp import GatedMLP
+from vllama_jax.layers.moe import SparseMoE
+from vllama_jax.layers.norms import RMSNorm
+
+# Logical names of an activation at a block boundary, mapped to the mesh by sharding.LOGICAL_AXIS_RULES.
+ACTIVATION_AXES = ("batch", "length", "act_embed")
+# Logical names of the KV cache arrays (layers, B, S, KVH, hd), for sharding.named_sharding.
+CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block. Called by `nn.scan` as (x, layer_cache, positions, mask, cache_index) ->
+    (x, new_layer_cache): x is the carry, the cache slice the scanned input/output, the rest broadcast."""
+
+    config: DecoderConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    moe_dispatch: str = "dense"
+
+    @nn.compact
+    def __call__(self, x, cache, positions, mask, cache_index):
+        cfg = self.config
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name=name)
+        h, new_cache = Attention(
+            num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.dim_per_head,
+            qkv_bias=cfg.attention_bias, rope_theta=cfg.rope_theta, causal=True,
+            sliding_window=cfg.sliding_window, dtype=self.dtype, param_dtype=self.param_dtype, name="self_attn",
+        )(norm("input_layernorm")(x), positions=positions, mask=mask, cache=cache, cache_index=cache_index)
+        x = x + h
+        h = norm("post_attention_layernorm")(x)
+        if cfg.num_experts:
+            # The aux loss counts real tokens only; with a cache the mask covers slots, not these tokens,
+            # and a cache means inference, where the loss is not wanted anyway.
+            token_mask = mask if cache is None else None
+            h = SparseMoE(cfg.num_experts, cfg.num_experts_per_tok, cfg.intermediate_size, self.moe_dispatch,
+                          self.dtype, self.param_dtype, name="block_sparse_moe")(h, token_mask)
+        else:
+            h = GatedMLP(cfg.intermediate_size, self.dtype, self.param_dtype, name="mlp")(h)
+        return nn.with_logical_constraint(x + h, ACTIVATION_AXES), new_cache
+
+
+def _remat(layer_cls, policy: str):
+    """`none`: no remat; `full`: recompute everything in the backward pass; any other name: that
+    `jax.checkpoint_policies` policy (e.g. `dots_saveable`, `dots_with_no_batch_dims_saveable`)."""
+    if policy == "none":
+        return layer_cls
+    if policy == "full":
+        return nn.remat(layer_cls, prevent_cse=False)
+    if not hasattr(jax.checkpoint_policies, policy):
+        raise ValueError(f"remat_policy '{policy}' is not 'none', 'full' or a jax.checkpoint_policies name")
+    return nn.remat(layer_cls, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False)
+
+
+def default_positions(attention_mask, batch: int, length: int, cache_index=None):
+    """(B, L) int32 positions of the L new tokens: counted over the unmasked slots (so a left-padded row
+    starts at 0 at its first real token), or 0..L-1 (+ cache_index) without a mask."""
+    start = 0 if cache_index is None else jnp.asarray(cache_index, jnp.int32)
+    if attention_mask is None:
+        return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + start, (batch, length))
+    pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+    if cache_index is not None:  # the mask spans all cache slots; keep the new tokens' slots
+        pos = jax.lax.dynamic_slice_in_dim(pos, start, length, axis=1)
+    return jnp.maximum(pos, 0)
+
+
+class Decoder(nn.Module):
+    config: DecoderConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    remat_policy: str = "none"  # "none" | "full" | a jax.checkpoint_policies name, for training
+    moe_dispatch: str = "dense"  # Mixtral only: "dense" | "grouped" (layers/moe.py)
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+            embedding_init=nn.with_logical_partitioning(default_kernel_init, ("vocab", "embed")))
+        stack = nn.scan(
+            _remat(DecoderLayer, self.remat_policy),
+            variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})
+        self.layers = stack(cfg, self.dtype, self.param_dtype, self.moe_dispatch)
+        self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), False, self.dtype, self.param_dtype)
+
+    def embed(self, input_ids):
+        """(B, L) int -> (B, L, D) token embeddings."""
+        return self.embed_tokens(input_ids)
+
+    def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
+                 cache=None, cache_index=None, return_hidden=False):
+        """See the module docstring. attention_mask: (B, L) key validity without a cache, (B, S) over the
+        cache slots with one. Returns (logits (B, L, V) float32 or hidden (B, L, D), new_cache or None)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Decoder: pass exactly one of input_ids (B, L) or inputs_embeds (B, L, D)")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        b, l = x.shape[:2]
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("Decoder: a cache needs cache_index, the slot of the first new token")
+            if cache["k"].shape[:2] != (self.config.num_layers, b):
+                raise ValueError(f"Decoder: cache shape {cache['k'].shape} is not (layers={self.config.num_layers}, "
+                                 f"B={b}, S, KVH, hd)")
+        if attention_mask is not None:
+            want = (b, l if cache is None else cache["k"].shape[2])
+            if attention_mask.shape != want:
+                raise ValueError(f"Decoder: attention_mask shape {attention_mask.shape}, expected (B, "
+                                 f"{'L' if cache is None else 'S'}) = {want}")
+        if positions is None:
+            positions = default_positions(attention_mask, b, l, None if cache is None else cache_index)
+
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+        x, new_cache = self.layers(x, cache, positions, attention_mask, cache_index)
+        x = self.norm(x)
+        if return_hidden:
+            return x, new_cache
+        logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        return logits.astype(jnp.float32), new_cache
+
+
+def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
+    """An empty KV cache: {"k", "v"} zeros of shape (layers, B, max_len, KVH, hd)."""
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.dim_per_head)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def abstract_params(config: DecoderConfig, param_dtype=jnp.float32):
+    """The param tree with jax.ShapeDtypeStruct leaves in their logical-axis boxes, without allocating
+    anything: `nn.unbox` it for the shapes `checkpoints.to_params` expects; pass it as is to
+    `sharding.logical_to_sharding`."""
+    model = Decoder(config, param_dtype=param_dtype)
+    return jax.eval_shape(lambda rng: model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
+
+
+def hf_key_map(config: DecoderConfig) -> KeyMap:
+    """HF checkpoint names (as released: `model.layers.{i}.*`, Mixtral experts one by one) -> our params."""
+    km = KeyMap().add("model.embed_tokens.weight", ("embed_tokens", "embedding"))
+    for i in range(config.num_layers):
+        hf = f"model.layers.{i}."
+        km.add(hf + "input_layernorm.weight", ("layers", "input_layernorm", "scale"), layer=i)
+        km.add(hf + "post_attention_layernorm.weight", ("layers", "post_attention_layernorm", "scale"), layer=i)
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            km.add(hf + f"self_attn.{proj}.weight", ("layers", "self_attn", proj, "kernel"), "linear", layer=i)
+            if config.attention_bias and proj != "o_proj":
+                km.add(hf + f"self_attn.{proj}.bias", ("layers", "self_attn", proj, "bias"), layer=i)
+        if config.num_experts:
+            moe = hf + "block_sparse_moe."
+            km.add(moe + "gate.weight", ("layers", "block_sparse_moe", "gate", "kernel"), "linear", layer=i)
+            for e in range(config.num_experts):
+                for w in ("w1", "w2", "w3"):
+                    km.add(moe + f"experts.{e}.{w}.weight", ("layers", "block_sparse_moe", "experts", w), "linear",
+                           layer=(i, e))
+        else:
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                km.add(hf + f"mlp.{proj}.weight", ("layers", "mlp", proj, "kernel"), "linear", layer=i)
+    km.add("model.norm.weight", ("norm", "scale"))
+    if not config.tie_word_embeddings:
+        km.add("lm_head.weight", ("lm_head", "kernel"), "linear")
+    return km

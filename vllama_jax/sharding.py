@@ -1,0 +1,185 @@
+"""Meshes, the logical-axis rules table, and the shardings of params, batches and caches.
+
+Models name every param axis and block-boundary activation axis logically (`embed`, `mlp`, `heads`,
+`vocab`, `expert`, `batch`, ...). `LOGICAL_AXIS_RULES` maps those names onto four mesh axes:
+
+    data     pure data parallelism: the batch is split, params are replicated
+    fsdp     the batch is split AND params are split on their `embed` axis (gathered per layer by XLA)
+    tensor   Megatron-style tensor parallelism: heads, MLP width and vocab are split
+    expert   Mixtral's experts are split (activations are replicated across it: use it for MoE models)
+
+Changing the parallelism means changing the mesh shape (or this table), never model code.
+
+Typical use, the same on one host or many (every process runs the same program):
+
+    mesh = make_mesh({"data": -1, "fsdp": 4, "tensor": 2})
+    with use_mesh(mesh):                       # jax.set_mesh + flax logical axis rules
+        params = shard_params(params, mesh, like=abstract_params)
+        batch = shard_batch(local_batch, mesh)  # this process's rows -> one global array
+        logits = jax.jit(step)(params, batch)
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+# (logical name, mesh axis or axes or None). Order is priority: a mesh axis already taken by an earlier
+# rule for the same array is not reused (so an activation's `batch` keeps `fsdp`, and weights alone
+# split their `embed` axis over it).
+LOGICAL_AXIS_RULES: Tuple[Tuple[str, Any], ...] = (
+    # activations and caches
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),  # activations between blocks stay whole across `tensor`
+    ("cache_length", None),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    # params
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("mlp", "tensor"),
+    ("expert", "expert"),
+    ("embed", "fsdp"),
+    ("layers", None),  # the scanned layer stack: every device holds its slice of every layer
+    ("norm", None),
+    ("conv_in", None),  # convolutions (vision patch embedding, STC connector, BEATs): small, replicated
+    ("conv_out", None),
+    ("conv_k", None),
+)
+
+
+def make_mesh(shape: Mapping[str, int], devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
+    """A mesh with the axes `MESH_AXES` (in that order; those not in `shape` get size 1).
+
+    shape: {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}; one axis may be -1 for "the remaining
+    devices". devices: default all devices (every host's, in multi-host runs).
+    """
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {MESH_AXES}")
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {name: int(shape.get(name, 1)) for name in MESH_AXES}
+    free = [n for n, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh shape {dict(shape)}: at most one axis may be -1")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if free:
+        if len(devices) % fixed:
+            raise ValueError(f"mesh shape {dict(shape)}: {len(devices)} devices are not a multiple of {fixed}")
+        sizes[free[0]] = len(devices) // fixed
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, there are {len(devices)}")
+    # Auto axes: sharding follows the logical constraints and XLA's propagation (jax 0.10 defaults to
+    # Explicit axes, which Linen's logical constraints do not use).
+    return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES):
+    """Make `mesh` current (`jax.set_mesh`) and `rules` the Flax logical axis rules, so the models'
+    `nn.with_logical_constraint` calls on activations take effect inside `jax.jit`."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: jax.sharding.Mesh) -> PartitionSpec:
+    """Drop mesh axes the mesh does not have, and replicate a dimension its mesh axes do not divide
+    (tiny test models, 8 kv heads on a tensor axis of 16): always a valid sharding, at worst a larger one."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        names = tuple(a for a in names if a in mesh.shape)
+        size = math.prod(mesh.shape[a] for a in names)
+        if not names or dim % size:
+            out.append(None)
+        else:
+            out.append(names[0] if len(names) == 1 else names)
+    return PartitionSpec(*out)
+
+
+def named_sharding(mesh: jax.sharding.Mesh, logical_axes: Optional[Sequence[Optional[str]]], shape: Sequence[int],
+                   rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+    """The NamedSharding of one array of `shape` whose axes have the logical names `logical_axes`
+    (None: replicated), e.g. `named_sharding(mesh, decoder.CACHE_AXES, cache["k"].shape)`."""
+    if logical_axes is None:
+        return NamedSharding(mesh, PartitionSpec())
+    spec = nn.logical_to_mesh_axes(tuple(logical_axes), rules)
+    return NamedSharding(mesh, _fit(spec, shape, mesh))
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def _values(tree):
+    """Boxes -> their arrays (without the sharding constraint that `nn.unbox` adds under a mesh)."""
+    return jax.tree_util.tree_map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
+
+
+def logical_to_sharding(boxed_or_abstract_params, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES):
+    """NamedSharding pytree for a param tree whose leaves are `nn.LogicallyPartitioned` boxes: the output
+    of `model.init` or of `jax.eval_shape(model.init, ...)` (no memory). Unboxed leaves are replicated.
+    The result has the structure of the unboxed tree, ready for `jax.jit(in_shardings=...)`."""
+    def one(x):
+        if _is_box(x):
+            return named_sharding(mesh, x.names, x.value.shape, rules)
+        return NamedSharding(mesh, PartitionSpec())
+    return jax.tree_util.tree_map(one, boxed_or_abstract_params, is_leaf=_is_box)
+
+
+def _put(x, sharding: NamedSharding) -> jax.Array:
+    if isinstance(x, jax.Array) and x.is_fully_addressable and sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    # Host data (e.g. a checkpoint read by every process): each device takes just its own block, which
+    # also works when the mesh spans hosts.
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def shard_params(params, mesh: jax.sharding.Mesh, like=None, rules=LOGICAL_AXIS_RULES):
+    """Place params on `mesh`, each per its logical axis names. `params` is either boxed (straight from
+    `model.init`) or plain arrays (numpy from a checkpoint, jax arrays) with `like` the boxed or abstract
+    tree that names their axes (`jax.eval_shape(model.init, ...)["params"]`). Returns plain jax Arrays."""
+    boxed = params if like is None else like
+    shardings = logical_to_sharding(boxed, mesh, rules)
+    return jax.tree_util.tree_map(_put, _values(params), shardings)
+
+
+def sharded_init(model: nn.Module, rng, *args, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES, **kwargs):
+    """`model.init(rng, *args)["params"]` created directly in its sharded layout (no device ever holds
+    the whole model). Returns plain (unboxed) params."""
+    abstract = jax.eval_shape(lambda r: model.init(r, *args, **kwargs)["params"], rng)
+    shardings = logical_to_sharding(abstract, mesh, rules)
+    init = jax.jit(lambda r: nn.unbox(model.init(r, *args, **kwargs)["params"]), out_shardings=shardings)
+    with use_mesh(mesh, rules):
+        return init(rng)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+    """Leading (batch) axis split over the mesh axes of logical `batch` (data x fsdp), the rest whole."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
+
+
+def shard_batch(batch, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES):
+    """A pytree of this process's rows (numpy, leading axis = local batch) -> global jax Arrays split
+    over the batch axes. On one host this is a device_put; on many, each process passes its own rows
+    and the global batch is their concatenation in process order."""
+    sharding = batch_sharding(mesh, rules)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def describe(shardings, max_rows: int = 50) -> str:
+    """A readable table `path: PartitionSpec`, for logs and `plan`."""
+    rows = [f"{jax.tree_util.keystr(path)}: {s.spec}"
+            for path, s in jax.tree_util.tree_flatten_with_path(shardings)[0]]
+    return "\n".join(rows[:max_rows] + ([f"... ({len(rows) - max_rows} more)"] if len(rows) > max_rows else []))

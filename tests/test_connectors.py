@@ -97,7 +97,7 @@ CASES = [(kind, 32, 64) for kind in ("stc_connector", "stp_connector", "stc_conn
 CASES += [("spatial_conv", 64, 64), ("spatial_pool", 64, 64)]  # the original builds these at one width only
 
 
-@pytest.mark.parametrize("t,n", [(4, 16), (5, 25), (8, 36)])
+@pytest.mark.parametrize("t,n", [(4, 16), (5, 25)])  # (5, 25): odd sizes, where floor drops a row
 @pytest.mark.parametrize("kind,cin,d", CASES)
 def test_connector_matches_torch(kind, cin, d, t, n):
     x = np.random.default_rng(t * n).standard_normal((2, t, n, cin)).astype(np.float32)
@@ -140,11 +140,15 @@ def test_identity():
 
 
 def test_released_token_counts():
-    """8 frames of 24 x 24 CLIP-336 patches: the counts the docstring gives."""
+    """8 frames of 24 x 24 CLIP-336 patches: the counts the docstring gives, and the torch modules' own
+    (run at a tiny width: the count does not depend on it)."""
     want = {"stc_connector": 845, "stc_connector_v35": 576, "stp_connector": 576, "spatial_conv": 1690,
             "spatial_pool": 1152, "mlp2x_gelu": 576, "linear": 576}
     for kind, n in want.items():
         assert num_connector_tokens(ConnectorConfig(kind, 1024, 4096), 8, 576) == n, kind
+        if kind in STC_FAMILY:
+            with torch.no_grad():
+                assert TorchSTC(kind, 8, 8)(torch.zeros(1, 8, 576, 8)).shape[1] == n, kind
 
 
 @pytest.mark.parametrize("name", ["v_mistral_clip_stc", "av_qwen2_clip_stc"])

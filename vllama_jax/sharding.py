@@ -54,6 +54,9 @@ LOGICAL_AXIS_RULES: Tuple[Tuple[str, Any], ...] = (
     ("conv_in", None),  # convolutions (vision patch embedding, STC connector, BEATs): small, replicated
     ("conv_out", None),
     ("conv_k", None),
+    ("conv_t", None),  # a conv kernel's spatial axes (time, height, width): distinct names, since Flax
+    ("conv_h", None),  # refuses a name repeated within one array
+    ("conv_w", None),
 )
 
 

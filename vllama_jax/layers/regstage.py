@@ -44,7 +44,8 @@ def conv(features: int, kernel_size: Sequence[int], *, name: str, strides: Union
          dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> nn.Conv:
     """A channels-last `nn.Conv` (1D/2D/3D by the kernel's rank) with logically named params.
 
-    Kernel (*k, C_in / groups, C_out): axes `conv_k` per spatial dim, `conv_in`, `conv_out`. `padding`
+    Kernel (*k, C_in / groups, C_out): axes `conv_t` / `conv_h` / `conv_w` (the last n of them, distinct
+    since Flax refuses a repeated name), `conv_in`, `conv_out`. `padding`
     as an int pads every spatial dim by that much on both sides, like PyTorch's `padding=p`.
     """
     n = len(kernel_size)
@@ -54,7 +55,7 @@ def conv(features: int, kernel_size: Sequence[int], *, name: str, strides: Union
         features, tuple(kernel_size), strides=strides, padding=padding, feature_group_count=groups,
         use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                 ("conv_k",) * n + ("conv_in", "conv_out")),
+                                                 ("conv_t", "conv_h", "conv_w")[3 - n:] + ("conv_in", "conv_out")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
 
 

@@ -25,6 +25,10 @@ from vllama_jax.layers.norms import LayerNorm
 from vllama_jax.layers.regstage import conv
 
 
+# Logical axes of the (N, tokens, C) activations between layers, as the decoder names its own.
+ACTIVATION_AXES = ("batch", "length", "act_embed")
+
+
 def quick_gelu(x):
     """OpenAI CLIP's sigmoid approximation of GELU."""
     return x * jax.nn.sigmoid(1.702 * x)
@@ -112,7 +116,7 @@ class EncoderLayer(nn.Module):
                          dtype=self.dtype, param_dtype=self.param_dtype, name="self_attn")
         x = x + attn(norm("layer_norm1")(x))[0]
         mlp = MLP(self.intermediate_size, self.act, self.dtype, self.param_dtype, name="mlp")
-        return x + mlp(norm("layer_norm2")(x))
+        return nn.with_logical_constraint(x + mlp(norm("layer_norm2")(x)), ACTIVATION_AXES)
 
 
 class Encoder(nn.Module):
@@ -150,6 +154,7 @@ class Encoder(nn.Module):
             stack = nn.map_variables(stack, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:k], v))
         layer = EncoderLayer(self.num_heads, self.intermediate_size, self.act, self.eps, self.dtype,
                              self.param_dtype, name="layers")
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         out, hidden = stack(layer, x, None)
         if output_hidden_states:
             hidden = jnp.concatenate([x[None], hidden], axis=0)
@@ -167,17 +172,17 @@ def layers_for_select(config) -> int:
 
 def encoder_key_map(num_layers: int, hf_prefix: str, path: Tuple[str, ...]) -> KeyMap:
     """HF `{hf_prefix}layers.{i}.*` -> slice i of our stacked `{path}/layers/*` params."""
+    linears = [(f"self_attn.{n}_proj", ("self_attn", f"{n}_proj")) for n in "qkv"]
+    linears += [("self_attn.out_proj", ("self_attn", "o_proj")),  # our Attention calls it o_proj
+                ("mlp.fc1", ("mlp", "fc1")), ("mlp.fc2", ("mlp", "fc2"))]
+    ours = path + ("layers",)
     km = KeyMap()
-    linears = [f"self_attn.{n}_proj" for n in "qkv"] + ["mlp.fc1", "mlp.fc2"]
     for i in range(num_layers):
-        at = lambda hf_name, *ours: km.add(f"{hf_prefix}layers.{i}.{hf_name}", path + ("layers",) + ours,
-                                           "linear" if ours[-1] == "kernel" else "identity", layer=i)
-        for name in linears:
-            at(f"{name}.weight", *name.split("."), "kernel")
-            at(f"{name}.bias", *name.split("."), "bias")
-        at("self_attn.out_proj.weight", "self_attn", "o_proj", "kernel")
-        at("self_attn.out_proj.bias", "self_attn", "o_proj", "bias")
+        hf = f"{hf_prefix}layers.{i}."
+        for hf_name, sub in linears:
+            km.add(f"{hf}{hf_name}.weight", ours + sub + ("kernel",), "linear", layer=i)
+            km.add(f"{hf}{hf_name}.bias", ours + sub + ("bias",), layer=i)
         for norm in ("layer_norm1", "layer_norm2"):
-            at(f"{norm}.weight", norm, "scale")
-            at(f"{norm}.bias", norm, "bias")
+            km.add(f"{hf}{norm}.weight", ours + (norm, "scale"), layer=i)
+            km.add(f"{hf}{norm}.bias", ours + (norm, "bias"), layer=i)
     return km

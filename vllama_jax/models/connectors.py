@@ -153,9 +153,9 @@ class SpatioTemporalConnector(nn.Module):
         else:
             x = nn.avg_pool(x, window_shape=k, strides=k, padding="VALID")
         x = nn.silu(x)
-        b, t, h, w, c = x.shape
+        b, t, h, w, c = x.shape  # (t, h, w) down-sampled
         if self.spec.stage_depth:
-            x = RegStage(self.spec.stage_depth, d, name="s2", **kw)(x.reshape(b * t, h, w, c)).reshape(b, t, h, w, d)
+            x = RegStage(self.spec.stage_depth, d, name="s2", **kw)(x.reshape(b * t, h, w, c))
         x = x.reshape(b, t * h * w, x.shape[-1])
         return MLPProjector(READOUT_DEPTH, d, name="readout", **kw)(x)
 

@@ -33,9 +33,17 @@ class TrainConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    preset: str = "tiny-mistral"  # a name of vllama_jax.config.PRESETS
+    preset: str = "tiny-mistral"  # a name of vllama_jax.config.PRESETS, or a VideoLLaMA 2 checkpoint folder
     dtype: str = "bfloat16"  # compute dtype; params stay float32 (the master copy)
     remat: str = "none"  # remat policy passed to the model ("none", "full", ...)
+
+    def resolve(self):
+        """The VideoLLaMA2Config this section names."""
+        if os.path.isfile(os.path.join(self.preset, "config.json")):
+            from vllama_jax.loading import load_videollama2_config
+            return load_videollama2_config(self.preset)[0]
+        from vllama_jax.config import preset
+        return preset(self.preset)
 
 
 @dataclasses.dataclass(frozen=True)

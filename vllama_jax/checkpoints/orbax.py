@@ -1,0 +1,127 @@
+"""Training checkpoints with Orbax: params, optimizer state, step, RNG and the data iterator together.
+
+    ckpt = Checkpointer(f"{out_dir}/checkpoints", every=500, keep=2)
+    ckpt.save(step, state, data_iterator)               # every `every` steps; async; atomic
+    state, data_restored = ckpt.restore(ckpt.latest_step(), abstract_state, data_iterator)
+    params = read_run_params("runs/video_pretrain", like=abstract_params)   # the next phase starts here
+
+A checkpoint `<dir>/<step>/` holds three items:
+
+    params   the param pytree (float32 master copy), one sharded array per leaf
+    train    {"opt_state", "step", "rng"}
+    data     the grain iterator state, one JSON file per process (grain.checkpoint.CheckpointHandler)
+
+Params are their own item so that another phase can read them without this phase's optimizer state.
+Orbax writes into a temporary folder and renames it when every process has finished: a run killed
+during a save leaves the previous checkpoint as the latest. Saves are asynchronous: device arrays
+are copied to host, then written in a background thread while training goes on.
+
+Restoring takes an abstract target (`jax.ShapeDtypeStruct`s with shardings), so every array lands
+directly in the current mesh's layout, whatever the mesh or the number of processes that wrote it.
+The data item is per process: when the process count changed, the caller positions the data
+itself (its position is the step).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    def __init__(self, directory: str, every: int = 500, keep: Optional[int] = 2, async_save: bool = True):
+        import grain
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep,
+                                               enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()})
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: dict, data_iterator, force: bool = False) -> bool:
+        """Save at `step` when it is a multiple of `every` (or `force`); returns whether it saved."""
+        import grain
+        train = {"opt_state": state["opt_state"], "step": state["step"], "rng": state["rng"]}
+        args = ocp.args.Composite(params=ocp.args.StandardSave(state["params"]), train=ocp.args.StandardSave(train),
+                                  data=grain.checkpoint.CheckpointSave(data_iterator))
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step: int, abstract_state: dict, data_iterator=None) -> Tuple[dict, bool]:
+        """The state at `step` in the layout of `abstract_state`; restores `data_iterator` in place when
+        this process has a saved position for it. Returns (state, whether the data position was restored)."""
+        import grain
+        abstract_train = {k: abstract_state[k] for k in ("opt_state", "step", "rng")}
+        got = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state["params"]), train=ocp.args.StandardRestore(abstract_train)))
+        state = {"params": got["params"], **got["train"]}
+        data_restored = False
+        if data_iterator is not None:
+            try:
+                self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                data_restored = True
+            except (ValueError, FileNotFoundError, KeyError) as e:  # written by another number of processes
+                log.warning("data iterator state not restored from step %d (%s); positioning it from the step", step, e)
+        return state, data_restored
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def run_checkpoint_dir(run_dir: str) -> str:
+    """A run's output_dir -> its checkpoint folder (a folder of step subfolders is accepted as is)."""
+    sub = os.path.join(run_dir, "checkpoints")
+    return sub if os.path.isdir(sub) else run_dir
+
+
+def is_run_dir(path: str) -> bool:
+    d = run_checkpoint_dir(path)
+    return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+
+
+def read_run_params(run_dir: str, shardings=None, step: Optional[int] = None):
+    """The params of another run's latest (or given) checkpoint, as saved (whatever parts its model had).
+
+    `shardings`: a NamedSharding pytree for (some of) the params, matched by path; params it does not
+    cover are replicated on the first sharding's mesh, or left on the default device without one."""
+    directory = run_checkpoint_dir(run_dir)
+    manager = ocp.CheckpointManager(directory, item_handlers={"params": ocp.StandardCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to start from")
+    saved = manager.item_metadata(step)["params"]
+    flat_shardings = {}
+    mesh = None
+    if shardings is not None:
+        for kp, s in jax.tree_util.tree_flatten_with_path(shardings)[0]:
+            flat_shardings[jax.tree_util.keystr(kp)] = s
+            mesh = s.mesh
+    default = NamedSharding(mesh, PartitionSpec()) if mesh is not None else \
+        jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def target(kp, meta):
+        return jax.ShapeDtypeStruct(tuple(meta.shape), np.dtype(meta.dtype),
+                                    sharding=flat_shardings.get(jax.tree_util.keystr(kp), default))
+
+    abstract = jax.tree_util.tree_map_with_path(target, saved)
+    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))["params"]
+    manager.close()
+    log.info("read params of %s step %d", directory, step)
+    return params

@@ -1,0 +1,190 @@
+"""The training loop of one phase: data -> sharded train step -> metrics and checkpoints; resumes.
+
+    losses = train(load_train_config("launch/configs/smoke.yaml"))   # {step: loss}
+
+Every process runs this same program (multi-host: after `jax.distributed.initialize`). Each reads
+only its rows of every global batch; `shard_batch` assembles the global batch across processes with
+`jax.make_array_from_process_local_data`. Only process 0 writes metrics and shows the progress bar.
+
+On start, the latest checkpoint in `<output_dir>/checkpoints` is restored if there is one (params,
+optimizer state, step, RNG, data position), else the state is built from the `init` section. On
+SIGTERM (a preemption notice), the loop saves at the end of the current step and returns.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from typing import Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from data_pipelines.from_config import train_data
+from data_pipelines.samples import pad_text_to
+from vllama_jax.checkpoints.orbax import Checkpointer
+from vllama_jax.loading import boxed_abstract_params, dummy_batch
+from vllama_jax.models.videollama2 import VideoLLaMA2, num_audio_tokens, num_video_tokens
+from vllama_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_mesh, shard_batch, use_mesh
+from vllama_jax.train.config import TrainConfig
+from vllama_jax.train.flops import matmul_params, peak_flops, train_step_flops
+from vllama_jax.train.metrics import MetricsWriter
+from vllama_jax.train.optimizer import check_patterns, lr_schedule, make_optimizer, trainable_mask
+from vllama_jax.train.state import abstract_state, initial_params, new_state, state_shardings
+from vllama_jax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (then it saves and stops)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint after this step")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def total_steps(cfg: TrainConfig, num_rows: int) -> int:
+    if cfg.train.steps > 0:
+        return cfg.train.steps
+    return max(1, math.ceil(cfg.train.epochs * num_rows / cfg.train.global_batch_size))
+
+
+def _check_batch_split(cfg: TrainConfig, mesh) -> None:
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = cfg.train.global_batch_size // cfg.train.grad_accum
+    if micro % batch_devices:
+        raise ValueError(f"a micro-batch of {micro} samples (train.global_batch_size / train.grad_accum) does not "
+                         f"split over the {batch_devices} devices of the mesh's data x fsdp axes")
+
+
+def _agree_on_length(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Every process pads its text to the longest bucket any process picked (one global shape)."""
+    if jax.process_count() == 1:
+        return batch
+    from jax.experimental import multihost_utils
+    length = int(np.max(multihost_utils.process_allgather(np.int32(batch["input_ids"].shape[1]))))
+    return pad_text_to(batch, length)
+
+
+def train(cfg: TrainConfig) -> Dict[int, float]:
+    """Run (or resume) the phase `cfg` describes; returns {step: loss} of the steps this call ran."""
+    process_index, process_count = jax.process_index(), jax.process_count()
+    model_cfg = cfg.model.resolve()
+    model = VideoLLaMA2(model_cfg, dtype=jnp.dtype(cfg.model.dtype), param_dtype=jnp.float32,
+                        remat_policy=cfg.model.remat)
+    mesh = make_mesh(cfg.mesh.axes())
+    _check_batch_split(cfg, mesh)
+    data = train_data(cfg, model_cfg, process_index, process_count)
+    steps = total_steps(cfg, data.num_rows)
+
+    example = dummy_batch(model_cfg)
+    boxed = boxed_abstract_params(model, example)
+    mask = trainable_mask(nn.unbox(boxed), cfg.optimizer.trainable)
+    check_patterns(nn.unbox(boxed), cfg.optimizer.trainable)
+    tx = make_optimizer(cfg.optimizer, steps, mask)
+    shardings = state_shardings(boxed, tx, mesh)
+
+    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.checkpoint.every, cfg.checkpoint.keep,
+                        cfg.checkpoint.async_save)
+    start = ckpt.latest_step()
+    if start is not None:
+        iterator = data.iterator()
+        state, data_restored = ckpt.restore(start, abstract_state(boxed, tx, shardings), iterator)
+        if not data_restored:
+            iterator = data.iterator(start)  # batch k is the k-th element: the step is the position
+        log.info("resumed %s at step %d", cfg.output_dir, start)
+    else:
+        start = 0
+        state = new_state(initial_params(cfg.init, model, example, boxed, mesh, cfg.train.seed), tx, shardings,
+                          cfg.train.seed)
+        iterator = data.iterator()
+
+    batch_sh = batch_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step_fn = jax.jit(
+        make_train_step(model, tx, mask, lr_schedule(cfg.optimizer.learning_rate, steps, cfg.optimizer.warmup_ratio),
+                        cfg.train.grad_accum, batch_spec=batch_sh.spec),
+        in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated), donate_argnums=0)
+
+    # For MFU: the FLOPs of a step depend on the text bucket, so they are computed per logged step.
+    counts = matmul_params(nn.unbox(boxed))
+    trains = {part: any(jax.tree_util.tree_leaves(sub)) for part, sub in mask.items()}
+    peak = peak_flops(jax.devices()[0].device_kind)
+    media_tokens = num_video_tokens(model_cfg) + num_audio_tokens(model_cfg, 2998)
+
+    writer = MetricsWriter(cfg.output_dir, enabled=process_index == 0)
+    bar = None
+    if process_index == 0 and cfg.train.progress_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=start, desc=cfg.name, disable=not sys.stderr.isatty())
+    losses: Dict[int, float] = {}
+    bad_total = 0
+    pending = None  # (step, metrics, text length): fetched after the next step is dispatched
+    last = time.perf_counter()
+
+    def log_step(step, metrics, length):
+        nonlocal bad_total, last
+        m = jax.device_get(metrics)  # waits for the step
+        now = time.perf_counter()
+        dt, last = now - last, now
+        bad_total += int(m["bad_samples"])
+        flops = train_step_flops(model_cfg, counts, trains, cfg.train.global_batch_size, length - 1 + media_tokens)
+        row = {"loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+               "tokens": float(m["tokens"]), "tokens_per_s": float(m["tokens"]) / dt, "step_time_s": dt,
+               "mfu": flops / (dt * jax.device_count() * peak) if peak else None,
+               "bad_samples": int(m["bad_samples"]), "bad_samples_total": bad_total}
+        losses[step] = row["loss"]
+        if step % cfg.train.log_every == 0 or step == steps:
+            writer.write(step, row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", bad=bad_total)
+
+    with use_mesh(mesh, LOGICAL_AXIS_RULES), _Preemption() as preemption:
+        for step in range(start + 1, steps + 1):
+            local = _agree_on_length(next(iterator))
+            length = local["input_ids"].shape[1]
+            state, metrics = step_fn(state, shard_batch(local, mesh))
+            if pending is not None:
+                log_step(*pending)
+            pending = (step, metrics, length)
+            stop = preemption.requested or (process_count > 1 and ckpt.reached_preemption(step))
+            if stop or step == steps or step % cfg.checkpoint.every == 0:
+                log_step(*pending)  # the checkpoint's metrics are written before the checkpoint
+                pending = None
+                ckpt.save(step, state, iterator, force=True)
+            if stop:
+                log.warning("stopped at step %d for preemption; the next start resumes here", step)
+                break
+        if pending is not None:
+            log_step(*pending)
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if bar is not None:
+        bar.close()
+    if hasattr(iterator, "close"):
+        iterator.close()
+    return losses

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 AUDIO_SHAPE = (2998, 128)  # 30 s of 10 ms fbank frames, 128 mel bins: what BEATs receives
 MEDIA_KEYS = {"video": "<video>", "image": "<image>", "audio": "<audio>"}
+_LOAD_LOCK = threading.Lock()  # grain decodes in several threads; load the tokenizer once
 
 
 class BadSample(Exception):
@@ -68,22 +70,30 @@ class SampleDecoder:
     def __getstate__(self):  # ship the spec to workers, not the loaded tokenizer
         return {"spec": self.spec, "_tokenizer": None, "_processor": None}
 
+    def _load(self):
+        """Tokenizer and processor, on first use in this process. Their errors (a wrong path) are the
+        config's, not a sample's: they propagate."""
+        with _LOAD_LOCK:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                from vllama_jax.preprocess.processor import Processor
+                self._processor = Processor.from_pretrained(self.spec.processor, num_frames=self.spec.num_frames,
+                                                            aspect_ratio=self.spec.aspect_ratio)
+                self._tokenizer = AutoTokenizer.from_pretrained(self.spec.tokenizer)
+
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-            self._tokenizer = AutoTokenizer.from_pretrained(self.spec.tokenizer)
+        self._load()
         return self._tokenizer
 
     @property
     def processor(self):
-        if self._processor is None:
-            from vllama_jax.preprocess.processor import Processor
-            self._processor = Processor.from_pretrained(self.spec.processor, num_frames=self.spec.num_frames,
-                                                        aspect_ratio=self.spec.aspect_ratio)
+        self._load()
         return self._processor
 
     def __call__(self, row: dict) -> dict:
+        self._load()
         try:
             return self.decode(row)
         except Exception as e:  # noqa: BLE001 -- one bad sample must never stop a run

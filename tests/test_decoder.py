@@ -136,6 +136,16 @@ def test_logits_match_hf_left_and_right_padded(case):
             assert abs(ours[i] - float(ref)) < TOL, f"layer {i}: aux loss {ours[i]} vs HF {float(ref)}"
 
 
+def test_sliding_window_is_exercised(built):
+    """Same weights with and without the window: HF's logits must differ past the window, or the
+    sliding-window case would prove nothing."""
+    plain = built("mistral")["refs"]["right"].logits.numpy()
+    sliding = built("mistral_sliding")["refs"]["right"].logits.numpy()
+    window = CASES["mistral_sliding"].sliding_window
+    assert np.abs(plain[:, :window] - sliding[:, :window]).max() < 1e-5
+    assert np.abs(plain[0, window:] - sliding[0, window:]).max() > 1e-2
+
+
 # Plain Mistral runs the same code as the sliding-window one, minus the window.
 @pytest.mark.parametrize("name", ["mistral_sliding", "qwen2_tied", "mixtral"])
 def test_kv_cache_decode_matches_hf(built, name):
@@ -235,3 +245,4 @@ def test_unknown_model_type():
     d = {**TINY_DECODERS["mistral"].to_hf_config(), "model_type": "llama"}
     with pytest.raises(ConfigError, match="model_type 'llama' is not a supported decoder"):
         DecoderConfig.from_hf_config(d)
+

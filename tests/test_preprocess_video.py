@@ -286,7 +286,9 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such/tower"):
         Processor.from_pretrained("no-such/tower")
     with pytest.raises(ValueError, match="aspect_ratio"):
-        Processor.from_pretrained(PROCESSORS["clip336"], aspect_ratio="square")
+        Processor.from_pretrained(PROCESSORS["clip336"], aspect_ratio="stretch")
+    # The original pads only for "pad": its training default "square" is the same as None.
+    assert Processor.from_pretrained(PROCESSORS["clip336"], aspect_ratio="square").aspect_ratio is None
     folder = tmp_path / "frames"
     folder.mkdir()
     (folder / "a.txt").write_text("not a frame")

@@ -32,7 +32,8 @@ def check_context(prompt_len: int, max_new_tokens: int, max_positions: int, what
         raise ContextLengthError(
             f"{what} of {prompt_len} tokens (text plus media features) + max_new_tokens {max_new_tokens} = "
             f"{prompt_len + max_new_tokens} exceeds the model's context of {max_positions} positions; "
-            "shorten the prompt, use fewer frames, or lower max_new_tokens")
+            "shorten the prompt, use fewer frames, or lower max_new_tokens (or load with max_context=N to run "
+            "RoPE past the trained length)")
 
 
 def left_align(embeds, mask):

@@ -93,7 +93,7 @@ class VideoLLaMA2Model:
     """Config, params, tokenizer and processor of one VideoLLaMA 2 checkpoint, with jitted entry points."""
 
     def __init__(self, config: C.VideoLLaMA2Config, params, tokenizer=None, processor=None, dtype=jnp.float32,
-                 path: Optional[str] = None, length_bucket: int = 64):
+                 path: Optional[str] = None, length_bucket: int = 64, max_context: Optional[int] = None):
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
@@ -101,6 +101,8 @@ class VideoLLaMA2Model:
         self.dtype = dtype
         self.path = path
         self.length_bucket = length_bucket
+        # RoPE runs past max_position_embeddings, but quality is only known within it: opt in to more.
+        self.max_context = max_context or config.decoder.max_position_embeddings
         self.module = VideoLLaMA2(config, dtype=dtype, param_dtype=dtype)
         self._jit_cache: Dict[tuple, Callable] = {}
         self._stream_target: Optional[Callable] = None
@@ -108,7 +110,8 @@ class VideoLLaMA2Model:
     # --- loading -----------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str, dtype=jnp.float32, num_frames: Optional[int] = None,
-                        aspect_ratio: Optional[str] = None, compilation_cache: bool = True):
+                        aspect_ratio: Optional[str] = None, compilation_cache: bool = True,
+                        max_context: Optional[int] = None):
         from vllama_jax.checkpoints.hf_files import read_state_dict
         from vllama_jax.loading import load_videollama2_config, videollama2_params
 
@@ -142,7 +145,7 @@ class VideoLLaMA2Model:
                                                       num_frames=cfg.num_frames, aspect_ratio=aspect_ratio)
             except Exception as e:  # the model still runs on pre-processed inputs
                 log.warning("no image processor for %s (%s)", vision_folder or cfg.vision_tower_name, e)
-        return cls(cfg, params, tokenizer, processor, dtype=dtype, path=path)
+        return cls(cfg, params, tokenizer, processor, dtype=dtype, path=path, max_context=max_context)
 
     # --- forward -----------------------------------------------------------------------------------------
     def _jitted(self, name: str, fn: Callable, **static):
@@ -226,7 +229,7 @@ class VideoLLaMA2Model:
         if "audio" in media and self.config.audio is not None:
             media_tokens += num_audio_tokens(self.config, media["audio"].shape[1])
         real = int(mask.sum(axis=1).max()) + media_tokens
-        check_context(real, max_new_tokens, self.config.decoder.max_position_embeddings)
+        check_context(real, max_new_tokens, self.max_context)
         batch = {"input_ids": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask),
                  **{k: jnp.asarray(v) for k, v in media.items()}}
         f = self._jitted("generate", self._generate_fn, max_new_tokens=max_new_tokens, temperature=float(temperature),
@@ -294,8 +297,6 @@ class ChatSession:
         tok = self.model.tokenizer
         if tok is None:
             raise ValueError(f"{self.model.path}: no tokenizer files in the checkpoint folder; chat needs one")
-        if not self.messages and self.modal:
-            question = f"<{self.modal}>\n{question}"
         self.messages.append({"role": "user", "content": question})
         prompt = build_prompt(self.messages, self.model.config.decoder.family, tok, self.modal, system=self.system)
         ids = np.asarray(tokenize_multimodal(prompt, tok), np.int64)[None]

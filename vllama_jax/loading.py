@@ -191,7 +191,9 @@ def load_videollama2_config(path: str):
     if raw.get("mm_vision_tower"):
         vision, vision_folder = resolve_vision_tower(raw["mm_vision_tower"], path)
     audio = None
-    if raw.get("mm_audio_tower"):
+    if raw.get("audio_tower_config"):  # written by checkpoints/export.py beside mm_audio_tower
+        audio = C.BEATsConfig.from_hf_config(raw["audio_tower_config"])
+    elif raw.get("mm_audio_tower"):
         audio, _ = resolve_audio_tower(raw["mm_audio_tower"], path)
     return C.VideoLLaMA2Config.from_hf_config(raw, vision=vision, audio=audio), vision_folder, raw
 

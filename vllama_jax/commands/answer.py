@@ -82,8 +82,8 @@ def answer_rows(model, rows, batch_size=8, max_new_tokens=128, temperature=0.0, 
             on_result({"id": row["id"], "question": row["question"], "error": f"{type(e).__name__}: {e}"})
             continue
         modal = kind.split("+")[0] if kind != "text" else None
-        content = (f"<{modal}>\n" if modal else "") + row["question"]
-        prompt = build_prompt([{"role": "user", "content": content}], family, tok, modal)
+        # build_prompt puts the modal tag (or, for text alone, the newline) in front, as the original does.
+        prompt = build_prompt([{"role": "user", "content": row["question"]}], family, tok, modal)
         ids = tokenize_multimodal(prompt, tok)
         prepared.append((kind, len(ids), row, ids, media))
     # Group by media kind, then by length, so a batch shares one compiled program and little padding.

@@ -40,6 +40,8 @@ def init_distributed(coordinator=None, num_processes=None, process_id=None, auto
 
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
     init_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed)
     # grain's worker processes read absl flags; mark them parsed when run from this CLI.
     from absl import flags

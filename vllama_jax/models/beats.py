@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import flax.linen as nn
 import jax
@@ -176,7 +176,8 @@ class BEATsEncoder(nn.Module):
 
         rel_bias = None
         if cfg.relative_position_embedding:
-            table = self.param("relative_attention_bias", nn.with_logical_partitioning(default_kernel_init, (None, None)),
+            table = self.param("relative_attention_bias",
+                               nn.with_logical_partitioning(default_kernel_init, (None, None)),
                                (cfg.num_buckets, cfg.encoder_attention_heads), self.param_dtype)
             buckets = relative_position_buckets(x.shape[1], cfg.num_buckets, cfg.max_distance)
             rel_bias = jnp.transpose(table.astype(jnp.float32)[buckets], (2, 0, 1))[None]  # (1, H, N, N)

@@ -101,6 +101,9 @@ def default_positions(attention_mask, batch: int, length: int, cache_index=None)
 
 
 class Decoder(nn.Module):
+    """Embedding -> scanned `DecoderLayer`s -> final norm -> LM head. Mixtral layers sow their
+    load-balancing loss as `intermediates/layers/block_sparse_moe/router_aux_loss` (one per layer)."""
+
     config: DecoderConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -124,7 +127,10 @@ class Decoder(nn.Module):
 
     def embed(self, input_ids):
         """(B, L) int -> (B, L, D) token embeddings."""
-        return self.embed_tokens(input_ids)
+        # Gather the table's fsdp shards before the lookup, so XLA does the vocab-parallel lookup (local
+        # rows, then an all-reduce over `tensor`) instead of rematerialising the gather's output.
+        table = nn.with_logical_constraint(self.embed_tokens.embedding, ("vocab", "act_embed"))
+        return jnp.take(table, input_ids, axis=0).astype(self.dtype)
 
     def __call__(self, input_ids=None, *, inputs_embeds=None, attention_mask=None, positions=None,
                  cache=None, cache_index=None, return_hidden=False):

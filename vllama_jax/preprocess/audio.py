@@ -15,8 +15,8 @@ VideoLLaMA 2 prepares audio in two ways, and `audio_features` follows whichever 
   all channels mixed to mono and resampled by libswresample to 16-bit samples. We run the same
   library through PyAV's `AudioResampler` with the same target (s16, mono, 16 kHz), so no ffmpeg
   binary is needed. Then 8 clips of 2 s starting at k/8 of the spare time, k = 0..7 (pytorchvideo's
-  `ConstantClipsPerVideoSampler`, see `clip_bounds`), concatenated (16 s) and zero-padded to 30 s. A video without a
-  sound track gives silence, with a warning.
+  `ConstantClipsPerVideoSampler`, see `clip_bounds`), concatenated (16 s) and zero-padded to 30 s.
+  A video without a sound track gives silence, with a warning.
 
 Both end with `fbank(wave)` over 480000 samples (2998 frames), cast to bfloat16 as the original does
 (the values come back as float32; pass `round_to_bfloat16=False` to keep full precision).
@@ -141,9 +141,9 @@ def load_audio(path: str, sample_rate: int = SAMPLE_RATE, mix: bool = False) -> 
     mix=False takes the first channel, as the original does for sound files, and resamples it with
     soxr (high quality, fast at any length; the original's FFT resampler is slow on lengths with
     large prime factors, and `audio_features` only needs it on 30 s windows); mix=True mixes all
-    channels to mono through libswresample, as the original's ffmpeg call does for a video's track. A file without a sound track gives silence as
-    long as the file (and a logged warning); a missing file is a FileNotFoundError, an unreadable one
-    an AudioError, both naming the file.
+    channels to mono through libswresample, as the original's ffmpeg call does for a video's track.
+    A file without a sound track gives silence as long as the file (and a logged warning); a missing
+    file is a FileNotFoundError, an unreadable one an AudioError, both naming the file.
     """
     with _open(path) as container:
         stream = _audio_stream(container)
@@ -167,8 +167,9 @@ def clip_bounds(num_samples: int, sample_rate: int = SAMPLE_RATE, clip_seconds: 
     shorter than one clip gives the whole track num_clips times). Dividing by num_clips, not
     num_clips - 1, is what the pytorchvideo release the original ran with does (its sources on GitHub
     now divide by num_clips - 1); the original's outputs on sample_demo_3.mp4 show it: the last clip
-    ends 1/8 of the spare time before the track does. Exact rational arithmetic and truncation to a sample index, as
-    pytorchvideo and the original's `int(t * sample_rate)` do, so the bounds match sample for sample.
+    ends 1/8 of the spare time before the track does. Exact rational arithmetic and truncation to a
+    sample index, as pytorchvideo and the original's `int(t * sample_rate)` do, so the bounds match
+    sample for sample.
     """
     duration = num_samples / sample_rate
     spacing = Fraction(max(duration - clip_seconds, 0)) / num_clips
@@ -185,11 +186,24 @@ def _fit_window(wave: np.ndarray, length: int) -> np.ndarray:
     return np.pad(wave, (0, length - wave.shape[0]))
 
 
-def _features(wave: np.ndarray, sample_rate: int, num_mel_bins: int, round_to_bfloat16: bool) -> np.ndarray:
-    feats = fbank(wave, sample_rate=sample_rate, num_mel_bins=num_mel_bins)
-    if round_to_bfloat16:
-        feats = feats.astype(ml_dtypes.bfloat16).astype(np.float32)
-    return feats
+def _sound_file_window(path: str, container, sample_rate: int) -> np.ndarray:
+    """`process_audio_file`: the first channel's first 30 s at the file's rate, padded, then resampled."""
+    stream = _audio_stream(container)
+    if stream is None:
+        raise AudioError(f"{path}: no audio stream")
+    wave, rate = _decode(path, container, stream)
+    return _resample_fft(_fit_window(wave[0], WINDOW_SECONDS * rate), rate, sample_rate)
+
+
+def _video_track_window(path: str, container, sample_rate: int) -> np.ndarray:
+    """`process_audio_from_video`: 8 clips of the mono track (or of silence), concatenated, padded."""
+    stream = _audio_stream(container)
+    if stream is None:
+        wave = _silence(path, container, sample_rate)
+    else:
+        wave = _decode_ffmpeg_mono(path, container, stream, sample_rate)
+    clips = [wave[a:b] for a, b in clip_bounds(wave.shape[0], sample_rate)]
+    return _fit_window(np.concatenate(clips), WINDOW_SECONDS * sample_rate)
 
 
 def audio_features(path: str, kind: Optional[str] = None, sample_rate: int = SAMPLE_RATE,
@@ -199,25 +213,14 @@ def audio_features(path: str, kind: Optional[str] = None, sample_rate: int = SAM
     kind: "audio" (a sound file: `process_audio_file`) or "video" (a video's track:
     `process_audio_from_video`); None picks "video" when the file has a video stream.
     """
+    if kind not in (None, "audio", "video"):
+        raise ValueError(f"{path}: kind must be 'audio' or 'video', got {kind!r}")
     with _open(path) as container:
         if kind is None:
             kind = "video" if _has_video(container) else "audio"
-        if kind not in ("audio", "video"):
-            raise ValueError(f"{path}: kind must be 'audio' or 'video', got {kind!r}")
-        stream = _audio_stream(container)
-        if kind == "audio":
-            if stream is None:
-                raise AudioError(f"{path}: no audio stream")
-            wave, rate = _decode(path, container, stream)
-        elif stream is None:
-            wave, rate = _silence(path, container, sample_rate), sample_rate
-        else:
-            wave, rate = _decode_ffmpeg_mono(path, container, stream, sample_rate), sample_rate
-
-    if kind == "audio":
-        wave = _fit_window(wave[0], WINDOW_SECONDS * rate)
-        wave = _resample_fft(wave, rate, sample_rate)
-    else:
-        clips = [wave[a:b] for a, b in clip_bounds(wave.shape[0], sample_rate)]
-        wave = _fit_window(np.concatenate(clips), WINDOW_SECONDS * sample_rate)
-    return _features(wave, sample_rate, num_mel_bins, round_to_bfloat16)
+        window = _video_track_window if kind == "video" else _sound_file_window
+        wave = window(path, container, sample_rate)
+    feats = fbank(wave, sample_rate=sample_rate, num_mel_bins=num_mel_bins)
+    if round_to_bfloat16:
+        feats = feats.astype(ml_dtypes.bfloat16).astype(np.float32)
+    return feats

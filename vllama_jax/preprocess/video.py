@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageSequence

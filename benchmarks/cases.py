@@ -1,0 +1,225 @@
+"""The side-by-side comparisons: one PyTorch reference (transformers) and our JAX model on the SAME
+checkpoint and the SAME inputs, in one process.
+
+    prefill   MistralForCausalLM / Qwen2ForCausalLM forward  vs  our jitted Decoder      ids (B, S) -> logits (B, S, V)
+    generate  HF generate(), greedy, with its KV cache       vs  our generate (one jitted while_loop)  -> (B, N) ids
+    vision    HF CLIPVisionModel forward                     vs  our CLIP tower          pixels (T, 3, H, W) -> (T, 1 + P, C)
+
+Each reference gets random weights, is written with `save_pretrained`, and ours is read from that folder
+by `vllama_jax.load`, so the released key names and our loader are part of what runs. The weights are
+drawn at unit-variance scale (HF's own init, std 0.02, would make every logit nearly 0, greedy choices
+near-ties and the agreement figures meaningless). Everything is float32; JAX matmuls run at "highest"
+precision (the caller sets it), PyTorch's at its default, which is float32 too.
+
+Each case returns one result row: times of both sides, `ratio` = ours / PyTorch (below 1: we are
+faster), and `agreement` (max abs difference of the outputs, or whether the greedy tokens are equal).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+import vllama_jax
+from vllama_jax.config import DecoderConfig, VisionConfig
+from vllama_jax.generate import generate_from_embeds
+from vllama_jax.models.decoder import Decoder, init_cache
+
+from benchmarks.timing import Timing, time_jax, time_torch
+
+# transformers warns about generation flags and unknown config keys of these bare test models: not news here.
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+# --- sizes ---------------------------------------------------------------------------------------------------
+
+def bench_decoder(family: str, vocab: int, hidden: int, layers: int, heads: int, kv_heads: int) -> DecoderConfig:
+    """A Mistral-shaped decoder (GQA, SwiGLU MLP of ~3x width); no EOS, so generation runs all N steps."""
+    return DecoderConfig(family=family, vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden,
+                         num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, rope_theta=1e6,
+                         rms_norm_eps=1e-6 if family == "qwen2" else 1e-5, max_position_embeddings=4096,
+                         attention_bias=family == "qwen2")
+
+
+def bench_clip(image: int, hidden: int, layers: int, heads: int) -> VisionConfig:
+    return VisionConfig(family="clip", image_size=image, patch_size=14, hidden_size=hidden,
+                        intermediate_size=4 * hidden, num_layers=layers, num_heads=heads, hidden_act="quick_gelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    decoders: Tuple[DecoderConfig, ...]
+    generate_families: Tuple[str, ...]  # which of `decoders` also run the generation case
+    prefill_shapes: Tuple[Tuple[int, int], ...]  # (batch, sequence length)
+    generate_batches: Tuple[int, ...]
+    prompt_len: int
+    new_tokens: int
+    vision: VisionConfig
+    frames: int
+
+
+# Small but not tiny: every shape runs in about a second or less on a 2-core CPU.
+FULL = Sizes(
+    decoders=tuple(bench_decoder(f, 8192, 512, 4, 8, 2) for f in ("mistral", "qwen2")),
+    generate_families=("mistral", "qwen2"),
+    prefill_shapes=((1, 128), (1, 512), (4, 128), (4, 512)),
+    generate_batches=(1, 4), prompt_len=128, new_tokens=32,
+    vision=bench_clip(224, 384, 4, 6), frames=8)
+# The smallest sizes that still take every code path: for the test suite. Generation is the slowest
+# program to compile (the decoder twice, prefill and loop body), so it runs for one family only.
+QUICK = Sizes(
+    decoders=tuple(bench_decoder(f, 512, 64, 2, 4, 2) for f in ("mistral", "qwen2")),
+    generate_families=("qwen2",),
+    prefill_shapes=((1, 16),), generate_batches=(1,), prompt_len=16, new_tokens=4,
+    vision=bench_clip(56, 32, 2, 4), frames=8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runner:
+    """How each side is timed, and where PyTorch runs."""
+
+    warmup: int
+    repeats: int
+    torch_device: str = "cpu"
+
+    def sync(self):
+        if self.torch_device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def tensor(self, x: np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_device)
+
+
+def _row(name: str, kind: str, shape: dict, ours: Timing, ref: Timing, agreement: dict, **extra) -> dict:
+    return {"name": name, "kind": kind, **shape, "jax": ours.to_json(), "torch": ref.to_json(),
+            "ratio": ours.median_s / ref.median_s, "agreement": agreement, **extra}
+
+
+def _max_abs_diff(ours, ref) -> dict:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        raise AssertionError(f"output shapes differ: ours {ours.shape}, PyTorch {ref.shape}")
+    return {"max_abs_diff": float(np.max(np.abs(ours - ref))), "ref_max_abs": float(np.max(np.abs(ref)))}
+
+
+# --- building the pair ---------------------------------------------------------------------------------------
+
+def randomize_(model: torch.nn.Module, seed: int = 0):
+    """Norm scales around 1, biases small but non-zero, weights ~ N(0, 1 / fan_in)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / float(np.prod(p.shape[1:])) ** 0.5)
+
+
+def decoder_pair(cfg: DecoderConfig, folder: str, runner: Runner):
+    """(HF model on runner's device, our `Part`) holding the same random weights, via `folder`."""
+    torch.manual_seed(0)
+    hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
+    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa").eval()
+    randomize_(hf)
+    hf.save_pretrained(folder)
+    return hf.to(runner.torch_device), vllama_jax.load(folder)
+
+
+def vision_pair(cfg: VisionConfig, folder: str, runner: Runner):
+    hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
+    hf = transformers.AutoModel.from_config(hf_cfg, attn_implementation="sdpa").eval()
+    randomize_(hf)
+    hf.save_pretrained(folder)
+    return hf.to(runner.torch_device), vllama_jax.load(folder)
+
+
+# --- the cases -----------------------------------------------------------------------------------------------
+
+def prefill(hf, ours, batch: int, seq: int, runner: Runner) -> dict:
+    """Logits of every position of a full prompt, no cache."""
+    ids = np.random.default_rng(1).integers(3, ours.config.vocab_size, (batch, seq)).astype(np.int32)
+    mask = np.ones((batch, seq), np.int32)
+
+    def run(params, ids, mask):
+        return ours.module.apply({"params": params}, ids, attention_mask=mask.astype(bool))[0]
+
+    ours_t, logits = time_jax(run, ours.params, jnp.asarray(ids), jnp.asarray(mask),
+                              warmup=runner.warmup, repeats=runner.repeats)
+    ids_t, mask_t = runner.tensor(ids.astype(np.int64)), runner.tensor(mask.astype(np.int64))
+    ref_t, ref = time_torch(lambda: hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits,
+                            warmup=runner.warmup, repeats=runner.repeats, sync=runner.sync)
+    family = ours.config.family
+    return _row(f"prefill {family} b{batch} s{seq}", "prefill", {"family": family, "batch": batch, "seq": seq},
+                ours_t, ref_t, {"of": "logits", **_max_abs_diff(logits, ref.float().cpu().numpy())},
+                torch_attention=hf.config._attn_implementation)
+
+
+def our_generate(part, max_new_tokens: int) -> Callable:
+    """(params, ids (B, L), mask (B, L)) -> (B, max_new_tokens) greedy ids, traceable: prefill and every
+    decode step of `vllama_jax.generate` around our Decoder, no EOS (all N steps run)."""
+    cfg, module = part.config, part.module
+
+    def decode_fn(params, inputs_embeds=None, input_ids=None, **kw):
+        return module.apply({"params": params}, input_ids, inputs_embeds=inputs_embeds, **kw)
+
+    def run(params, ids, mask):
+        embeds = module.apply({"params": params}, ids, method=Decoder.embed)
+        return generate_from_embeds(decode_fn, params, embeds, mask.astype(bool),
+                                    init_cache=lambda b, n: init_cache(cfg, b, n, module.dtype),
+                                    max_new_tokens=max_new_tokens, eos_ids=(), pad_id=0)
+
+    return run
+
+
+def generate(hf, ours, batch: int, prompt_len: int, new_tokens: int, runner: Runner) -> dict:
+    """Greedy generation of `new_tokens` tokens after a `prompt_len`-token prompt, both with a KV cache."""
+    ids = np.random.default_rng(2).integers(3, ours.config.vocab_size, (batch, prompt_len)).astype(np.int32)
+    mask = np.ones((batch, prompt_len), np.int32)
+    ours_t, tokens = time_jax(our_generate(ours, new_tokens), ours.params, jnp.asarray(ids), jnp.asarray(mask),
+                              warmup=runner.warmup, repeats=runner.repeats)
+    ids_t, mask_t = runner.tensor(ids.astype(np.int64)), runner.tensor(mask.astype(np.int64))
+
+    def hf_generate():
+        return hf.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=new_tokens, do_sample=False,
+                           num_beams=1, use_cache=True, pad_token_id=0)
+
+    ref_t, ref = time_torch(hf_generate, warmup=runner.warmup, repeats=runner.repeats, sync=runner.sync)
+    ref = ref[:, prompt_len:].cpu().numpy()
+    tokens = np.asarray(tokens)
+    same = tokens == ref if tokens.shape == ref.shape else np.zeros(ref.shape, bool)
+    family = ours.config.family
+    return _row(f"generate {family} b{batch} +{new_tokens}", "generate",
+                {"family": family, "batch": batch, "seq": prompt_len, "new_tokens": new_tokens}, ours_t, ref_t,
+                {"of": "greedy tokens", "tokens_equal": bool(same.all()), "match_fraction": float(same.mean())},
+                jax_tokens_per_s=batch * new_tokens / ours_t.median_s,
+                torch_tokens_per_s=batch * new_tokens / ref_t.median_s)
+
+
+def vision(hf, ours, frames: int, runner: Runner) -> dict:
+    """The tower on the frames of one video, folded into the batch as VideoLLaMA 2 does."""
+    c = ours.config
+    pixels = np.random.default_rng(3).standard_normal((frames, c.num_channels, c.image_size, c.image_size))
+    pixels = pixels.astype(np.float32)
+
+    def run(params, x):
+        return ours.module.apply({"params": params}, x)["last_hidden_state"]
+
+    ours_t, out = time_jax(run, ours.params, jnp.asarray(pixels), warmup=runner.warmup, repeats=runner.repeats)
+    x = runner.tensor(pixels)
+    ref_t, ref = time_torch(lambda: hf(pixel_values=x).last_hidden_state, warmup=runner.warmup,
+                            repeats=runner.repeats, sync=runner.sync)
+    return _row(f"vision clip {frames}x{c.image_size}px", "vision",
+                {"family": c.family, "batch": frames, "seq": c.num_positions}, ours_t, ref_t,
+                {"of": "last_hidden_state", **_max_abs_diff(out, ref.float().cpu().numpy())},
+                torch_attention=hf.config._attn_implementation)

@@ -1,0 +1,96 @@
+"""The bench's outputs: `bench.json`, a text table, and `bench.png`.
+
+bench.json:
+    {"env": {device_kind, platform, versions, thread counts, ...},
+     "settings": {"quick", "dtype", "warmup", "repeats", "sizes"},
+     "results": [{"name", "kind" (prefill | generate | vision), "family", "batch", "seq",
+                  "jax": {"median_s", "min_s", "runs_s", "compile_s"}, "torch": {"median_s", "min_s", "runs_s"},
+                  "ratio": jax median / torch median, "agreement": {...}}, ...],
+     "summary": {"geomean_ratio": {kind: ..., "all": ...}}}
+
+bench.png: one bar per case of the time ratio (log scale, a line at 1: left of it we are faster),
+annotated with both medians.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import List
+
+KIND_COLOURS = {"prefill": "tab:blue", "generate": "tab:orange", "vision": "tab:green"}
+
+
+def geomean(xs: List[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def summary(results: List[dict]) -> dict:
+    by_kind = {}
+    for r in results:
+        by_kind.setdefault(r["kind"], []).append(r["ratio"])
+    out = {kind: geomean(v) for kind, v in by_kind.items()}
+    out["all"] = geomean([r["ratio"] for r in results])
+    return {"geomean_ratio": out}
+
+
+def _agreement_text(a: dict) -> str:
+    if "max_abs_diff" in a:
+        return f"{a['of']} max|diff| {a['max_abs_diff']:.1e}"
+    return f"{a['of']} {'equal' if a['tokens_equal'] else 'DIFFER (%.0f%% equal)' % (100 * a['match_fraction'])}"
+
+
+def table(report: dict) -> str:
+    env = report["env"]
+    lines = [f"{env['device_kind']} ({env['platform']}), {env['cpus_available']} CPUs, torch threads "
+             f"{env['torch_threads']}; jax {env['jax']}, torch {env['torch']}, transformers {env['transformers']}",
+             f"{'case':<30} {'jax ms':>9} {'torch ms':>9} {'ratio':>7} {'compile s':>10}  agreement"]
+    for r in report["results"]:
+        lines.append(f"{r['name']:<30} {1e3 * r['jax']['median_s']:>9.2f} {1e3 * r['torch']['median_s']:>9.2f} "
+                     f"{r['ratio']:>7.2f} {r['jax']['compile_s']:>10.2f}  {_agreement_text(r['agreement'])}")
+    g = report["summary"]["geomean_ratio"]
+    lines.append("geometric mean of ratio (ours / PyTorch): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str):
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+def plot(report: dict, path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server, in CI or in a test
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    names = [r["name"] for r in results]
+    ratios = [r["ratio"] for r in results]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1.6))
+    y = list(range(len(results)))[::-1]
+    ax.barh(y, ratios, color=[KIND_COLOURS.get(r["kind"], "grey") for r in results])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yticks(y, names, fontsize=8)
+    lo, hi = min(ratios + [1.0]), max(ratios + [1.0])
+    ax.set_xlim(lo / 2, hi * 4)
+    for yi, r in zip(y, results):
+        ax.text(r["ratio"] * 1.05, yi, f"{r['ratio']:.2f}  ({1e3 * r['jax']['median_s']:.1f} / "
+                f"{1e3 * r['torch']['median_s']:.1f} ms)", va="center", fontsize=7)
+    env = report["env"]
+    ax.set_xlabel("time ratio, ours (JAX) / PyTorch reference: median of runs after warm-up (< 1: JAX faster)")
+    ax.set_title(f"vllama-jax vs transformers, float32, {env['device_kind']} "
+                 f"({env['cpus_available']} CPUs), jax {env['jax']} / torch {env['torch']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(report: dict, out_dir: str) -> dict:
+    """bench.json and bench.png in `out_dir`; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "bench.json"), "png": os.path.join(out_dir, "bench.png")}
+    write_json(report, paths["json"])
+    plot(report, paths["png"])
+    return paths

@@ -1,0 +1,110 @@
+"""The side-by-side bench behind `vllama-jax bench --out DIR [--quick]`: our JAX models against the
+PyTorch reference (transformers), same checkpoint, same inputs, same process, same machine.
+
+    run(out_dir, quick=False, warmup=None, repeats=None, only=None) -> report dict
+        writes out_dir/bench.json and out_dir/bench.png (see report.py) and prints a table.
+
+Cases (cases.py): decoder prefill (Mistral and Qwen2 at batch 1 and 4 x 128 and 512 tokens), greedy
+generation (32 new tokens after a 128-token prompt), and the CLIP vision tower on 8 frames.
+`quick` uses the smallest sizes (for the test suite, a few seconds per case).
+
+Also runnable as a script from a checkout: `python benchmarks/run_bench.py --out DIR [--quick]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from typing import Optional, Sequence
+
+if __name__ == "__main__":  # as a script: make the checkout's packages importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+KINDS = ("prefill", "generate", "vision")
+
+
+def _torch_device() -> str:
+    """PyTorch runs where JAX runs: on the GPU when JAX has one and this torch build can use it."""
+    import jax
+    import torch
+
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def run(out_dir: str, quick: bool = False, warmup: Optional[int] = None, repeats: Optional[int] = None,
+        only: Optional[Sequence[str]] = None, log=print) -> dict:
+    import jax
+
+    from benchmarks import cases, report
+    from benchmarks.timing import environment
+
+    sizes = cases.QUICK if quick else cases.FULL
+    kinds = tuple(only or KINDS)
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"unknown case kind '{k}': expected some of {', '.join(KINDS)}")
+    runner = cases.Runner(warmup=1 if warmup is None else warmup,
+                          repeats=(3 if quick else 5) if repeats is None else repeats,
+                          torch_device=_torch_device())
+    if runner.repeats < 1:
+        raise ValueError("repeats must be at least 1")
+
+    results = []
+
+    def record(row):
+        results.append(row)
+        log(f"  {row['name']:<30} ratio {row['ratio']:.2f}  (jax {1e3 * row['jax']['median_s']:.2f} ms, "
+            f"torch {1e3 * row['torch']['median_s']:.2f} ms)")
+
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    t0 = time.perf_counter()
+    # Float32 matmuls on every backend (a GPU would otherwise use TF32 for JAX's and not for PyTorch's).
+    with jax.default_matmul_precision("highest"), tempfile.TemporaryDirectory() as tmp:
+        if {"prefill", "generate"} & set(kinds):
+            for cfg in sizes.decoders:
+                log(f"{cfg.family}: hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocab {cfg.vocab_size}")
+                hf, ours = cases.decoder_pair(cfg, os.path.join(tmp, cfg.family), runner)
+                if "prefill" in kinds:
+                    for batch, seq in sizes.prefill_shapes:
+                        record(cases.prefill(hf, ours, batch, seq, runner))
+                if "generate" in kinds and cfg.family in sizes.generate_families:
+                    for batch in sizes.generate_batches:
+                        record(cases.generate(hf, ours, batch, sizes.prompt_len, sizes.new_tokens, runner))
+                del hf, ours
+        if "vision" in kinds:
+            v = sizes.vision
+            log(f"clip: {v.image_size}px, hidden {v.hidden_size}, {v.num_layers} layers")
+            hf, ours = cases.vision_pair(v, os.path.join(tmp, "clip"), runner)
+            record(cases.vision(hf, ours, sizes.frames, runner))
+
+    result = {
+        # Other processes on the machine move the figures: the load average says whether there were any.
+        "env": {**environment(runner.torch_device), "load_average_1min": {
+            "before": load_before, "after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}},
+        "settings": {"quick": quick, "dtype": "float32", "matmul_precision": "highest", "warmup": runner.warmup,
+                     "repeats": runner.repeats, "kinds": list(kinds), "wall_s": time.perf_counter() - t0,
+                     "sizes": _sizes_json(sizes)},
+        "results": results,
+    }
+    result["summary"] = report.summary(results)
+    paths = report.write_all(result, out_dir)
+    log(report.table(result))
+    log(f"wrote {paths['json']} and {paths['png']}")
+    return result
+
+
+def _sizes_json(sizes) -> dict:
+    d = dataclasses.asdict(sizes)
+    d["decoders"] = [c.to_hf_config() for c in sizes.decoders]
+    d["vision"] = sizes.vision.to_hf_config()
+    return d
+
+
+if __name__ == "__main__":
+    from vllama_jax.cli import main
+
+    sys.exit(main(["bench"] + sys.argv[1:]))

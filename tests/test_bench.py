@@ -1,0 +1,64 @@
+"""`vllama-jax bench --quick`: the side-by-side bench runs, and what it writes has the promised structure.
+
+Its agreement figures are parity checks of their own (ours vs transformers on the same weights and
+inputs), so they are held to the project's float32 tolerance. Speed is reported, never tested.
+"""
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from vllama_jax.cli import main  # noqa: E402
+
+TOL = 1e-4
+TIMING_KEYS = {"median_s", "min_s", "runs_s"}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--out", str(out), "--quick"]) == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_environment_is_recorded(bench):
+    env = bench[1]["env"]
+    for key in ("device_kind", "platform", "jax", "jaxlib", "flax", "torch", "transformers", "torch_threads",
+                "torch_interop_threads", "cpus_available", "torch_device"):
+        assert key in env, key
+    assert env["torch_threads"] >= 1 and env["cpus_available"] >= 1
+    assert bench[1]["settings"]["quick"] is True
+
+
+def test_every_kind_of_case_ran(bench):
+    results = bench[1]["results"]
+    kinds = {r["kind"] for r in results}
+    assert kinds == {"prefill", "generate", "vision"}
+    assert {r["family"] for r in results if r["kind"] == "prefill"} == {"mistral", "qwen2"}
+
+
+def test_times_and_ratios(bench):
+    for r in bench[1]["results"]:
+        assert TIMING_KEYS | {"compile_s"} <= set(r["jax"]), r["name"]
+        assert TIMING_KEYS <= set(r["torch"]), r["name"]
+        assert len(r["jax"]["runs_s"]) == len(r["torch"]["runs_s"]) == bench[1]["settings"]["repeats"]
+        assert all(t > 0 for t in r["jax"]["runs_s"] + r["torch"]["runs_s"]), r["name"]
+        assert r["ratio"] == pytest.approx(r["jax"]["median_s"] / r["torch"]["median_s"])
+    assert set(bench[1]["summary"]["geomean_ratio"]) == {"prefill", "generate", "vision", "all"}
+
+
+def test_outputs_agree_with_pytorch(bench):
+    for r in bench[1]["results"]:
+        a = r["agreement"]
+        if r["kind"] == "generate":
+            assert a["tokens_equal"] and a["match_fraction"] == 1.0, r["name"]
+        else:
+            assert a["max_abs_diff"] < TOL, (r["name"], a)
+            assert a["ref_max_abs"] > 0.1, (r["name"], a)  # outputs of a real scale, not all near zero
+
+
+def test_plot_written(bench):
+    png = bench[0] / "bench.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

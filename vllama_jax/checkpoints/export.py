@@ -1,0 +1,102 @@
+"""Write a VideoLLaMA 2 checkpoint folder in the release layout (original key names), atomically.
+
+    save_videollama2(folder, config, params, tokenizer=None, processor_config=None)
+
+writes `config.json` (the original's fields), `model.safetensors` (decoder `model.*` / `lm_head.*`, the
+vision tower under `model.vision_tower.vision_tower.vision_model.*`, `model.mm_projector.*`, and for
+audio-visual models `model.audio_tower.*` / `model.mm_projector_a.*`), a `vision_tower/` folder (tower
+config + image processor config) that `mm_vision_tower` names, and the tokenizer files. Everything is
+written into a temporary folder beside `folder` and renamed into place, so a crash never leaves a
+half-written checkpoint. `vllama_jax.load(folder)` reads it back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import numpy as np
+
+from vllama_jax import config as C
+from vllama_jax.checkpoints.keymap import KeyMap, to_state_dict
+
+VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+TOWER_FOLDER = "vision_tower"
+
+CLIP_PROCESSOR = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "do_center_crop": True,
+                  "do_rescale": True, "do_normalize": True, "do_convert_rgb": True, "resample": 3,
+                  "rescale_factor": 1 / 255, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                  "image_std": [0.26862954, 0.26130258, 0.27577711]}
+SIGLIP_PROCESSOR = {"image_processor_type": "SiglipImageProcessor", "do_resize": True, "do_rescale": True,
+                    "do_normalize": True, "resample": 3, "rescale_factor": 1 / 255, "image_mean": [0.5, 0.5, 0.5],
+                    "image_std": [0.5, 0.5, 0.5]}
+
+
+def videollama2_key_map(cfg: C.VideoLLaMA2Config) -> KeyMap:
+    """The whole model's table: release key -> our param path."""
+    from vllama_jax.models.connectors import connector_key_map
+    from vllama_jax.models.decoder import hf_key_map as decoder_map
+
+    km = decoder_map(cfg.decoder).with_prefix("", ("decoder",))
+    if cfg.vision is not None:
+        from vllama_jax.models import clip, siglip
+        tower = clip if cfg.vision.family == "clip" else siglip
+        km = km + tower.hf_key_map(cfg.vision, prefix=VISION_PREFIX).with_prefix("", ("vision",))
+        km = km + connector_key_map(cfg.connector).with_prefix("model.mm_projector.", ("connector",))
+    if cfg.audio is not None:
+        from vllama_jax.models.beats import hf_key_map as beats_map
+        km = km + beats_map(cfg.audio, prefix="model.audio_tower.").with_prefix("", ("audio",))
+        km = km + connector_key_map(cfg.audio_projector).with_prefix("model.mm_projector_a.", ("audio_projector",))
+    return km
+
+
+def processor_config(vision: C.VisionConfig) -> dict:
+    if vision.family == "clip":
+        return {**CLIP_PROCESSOR, "size": {"shortest_edge": vision.image_size},
+                "crop_size": {"height": vision.image_size, "width": vision.image_size}}
+    return {**SIGLIP_PROCESSOR, "size": {"height": vision.image_size, "width": vision.image_size}}
+
+
+def save_videollama2(folder: str, cfg: C.VideoLLaMA2Config, params, tokenizer=None) -> str:
+    from safetensors.numpy import save_file
+
+    folder = os.path.abspath(folder)
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(folder) + "-", dir=parent)
+    try:
+        raw = cfg.to_hf_config()
+        raw["architectures"] = [{"mistral": "Videollama2MistralForCausalLM", "mixtral": "Videollama2MixtralForCausalLM",
+                                 "qwen2": "Videollama2Qwen2ForCausalLM"}[cfg.decoder.family]]
+        if cfg.vision is not None:
+            raw["mm_vision_tower"] = TOWER_FOLDER
+            os.makedirs(os.path.join(tmp, TOWER_FOLDER))
+            with open(os.path.join(tmp, TOWER_FOLDER, "config.json"), "w") as f:
+                json.dump(cfg.vision.to_hf_config(), f, indent=2)
+            with open(os.path.join(tmp, TOWER_FOLDER, "preprocessor_config.json"), "w") as f:
+                json.dump(processor_config(cfg.vision), f, indent=2)
+        if cfg.audio is not None:
+            # The BEATs config normally comes from the .pt that mm_audio_tower names; carry it inline too.
+            raw["mm_audio_tower"] = cfg.audio_tower_name or "BEATs.pt"
+            raw["audio_tower_config"] = cfg.audio.to_hf_config()
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(raw, f, indent=2)
+        state = to_state_dict(params, videollama2_key_map(cfg))
+        save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state.items()},
+                  os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if os.path.exists(folder):
+            old = folder + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

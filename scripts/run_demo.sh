@@ -3,5 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 .venv/bin/python -m vllama_jax demo --out "${1:-out/demo}"

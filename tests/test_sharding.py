@@ -114,7 +114,7 @@ def test_mesh_data_fsdp_tensor(reports):
     assert r["logits_devices"] == 8
     assert r["logits_err"] < TOL, r
     # Weights are really split: embed over fsdp, heads / vocab over tensor; the batch over data x fsdp.
-    assert r["specs"]["q_proj"] == [None, None, "fsdp", "tensor"]  # (layers, embed, heads)
+    assert r["specs"]["q_proj"] == [None, "fsdp", "tensor"]  # (layers, embed, heads)
     assert r["specs"]["embedding"] == ["tensor", "fsdp"]
     assert r["ids_spec"] == [["data", "fsdp"], None]
     assert r["init_q_spec"] == r["specs"]["q_proj"]

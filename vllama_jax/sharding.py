@@ -141,8 +141,8 @@ def logical_to_sharding(boxed_or_abstract_params, mesh: jax.sharding.Mesh, rules
 
 
 def _put(x, sharding: NamedSharding) -> jax.Array:
-    if isinstance(x, jax.Array) and x.is_fully_addressable and sharding.is_fully_addressable:
-        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and (sharding.is_fully_addressable or not x.is_fully_addressable):
+        return jax.device_put(x, sharding)  # already on devices: a reshard
     # Host data (e.g. a checkpoint read by every process): each device takes just its own block, which
     # also works when the mesh spans hosts.
     x = np.asarray(x)

@@ -24,9 +24,10 @@ The parts, as the original (`model/beats/BEATs.py`, `backbone.py` of VideoLLaMA 
   (`gru_rel_pos`) is per layer, head and query: from the un-scaled query q (hd,), `grep_linear` gives
   8 numbers; a = sigmoid(sum of the first 4), b = sigmoid(sum of the last 4), gate = a * (b * grep_a - 1) + 2.
   The original scales q by 1/32 before the dot product and subtracts each row's maximum before
-  multiplying back by 32 (to keep float16 in range); both are exact in float32 (a power of two, and
-  softmax ignores a per-row shift), so the shared `dot_product_attention` with an additive `bias`
-  computes the same logits.
+  multiplying back by 32 (to keep float16 in range). Neither changes the probabilities (scaling by a
+  power of two is exact, and softmax ignores a per-row shift), so the shared `dot_product_attention`
+  with an additive `bias` computes the same attention, to float32 rounding. The shared `Attention`
+  module is not used because the gate needs the query projection it keeps inside.
 """
 from __future__ import annotations
 

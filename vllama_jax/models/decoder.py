@@ -25,7 +25,7 @@ writes its own slice. The L new tokens go to slots [cache_index, cache_index + L
 (B, S) marks which slots hold real tokens, so left-padded prompts and one-token decode steps share one
 compiled shape (see layers/attention.py).
 """
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -1,0 +1,105 @@
+"""Chat and batch answers on real files end to end: mp4s made here with PyAV (a moving square, with and
+without a tone), through pre-processing, the tiny fixture checkpoints, generation and detokenization;
+the CLI `chat` and `answer` commands; clear errors for a corrupt file."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vllama_jax
+from data_pipelines.synthetic import write_video
+from vllama_jax.commands.answer import answer_rows
+
+from conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    with_audio, silent, corrupt = d / "tone.mp4", d / "silent.mp4", d / "corrupt.mp4"
+    write_video(str(with_audio), "red", seconds=2.0, sound=True)
+    write_video(str(silent), "blue", seconds=2.0, sound=False)
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    return {"tone": str(with_audio), "silent": str(silent), "corrupt": str(corrupt)}
+
+
+@pytest.fixture(scope="module")
+def av_model():
+    # 30 s of audio is 1496 BEATs tokens: past this tiny config's 1024 positions, so opt in to more.
+    return vllama_jax.load(str(FIXTURES / "av_qwen2_clip_stc"), max_context=2048)
+
+
+@pytest.fixture(scope="module")
+def video_model():
+    return vllama_jax.load(str(FIXTURES / "v_mistral_clip_stc"))
+
+
+def test_chat_about_a_video_with_its_sound_track(av_model, media):
+    pieces = []
+    answer = av_model.chat("What do you see and hear?", video=media["tone"], audio=True, max_new_tokens=6,
+                           stream=pieces.append)
+    assert isinstance(answer, str)
+    assert "".join(pieces).strip() == answer  # the streamed text is the answer
+
+
+def test_chat_about_a_video_without_sound_track_gets_silence(av_model, media, caplog):
+    loaded = av_model.load_media(video=media["silent"], audio=True)
+    assert loaded["video"].shape == (av_model.config.num_frames, 3, 56, 56)
+    assert loaded["audio"].shape == (2998, 128)
+    assert isinstance(av_model.chat("What is there?", video=media["silent"], audio=True, max_new_tokens=4), str)
+
+
+def test_multi_turn_chat_keeps_history(video_model, media):
+    chat = video_model.new_chat(video=media["silent"])
+    chat.ask("What moves?", max_new_tokens=3)
+    chat.ask("Where to?", max_new_tokens=3)
+    roles = [m["role"] for m in chat.messages]
+    assert roles == ["user", "assistant", "user", "assistant"]
+
+
+def test_corrupt_video_is_a_clear_error(video_model, media):
+    with pytest.raises(Exception, match="corrupt.mp4"):
+        video_model.chat("What happens?", video=media["corrupt"], max_new_tokens=2)
+
+
+def test_answer_batches_resumes_and_reports_bad_files(video_model, media, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    out = tmp_path / "a.jsonl"
+    rows = [{"id": 1, "question": "What moves?", "video": media["silent"]},
+            {"id": 2, "question": "What colour is it?", "video": media["tone"]},
+            {"id": 3, "question": "And this?", "video": media["corrupt"]},
+            {"id": 4, "question": "Say hi."}]
+    questions.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "vllama_jax", "answer", "--model", str(FIXTURES / "v_mistral_clip_stc"),
+           "--input", str(questions), "--out", str(out), "--max-new-tokens", "3", "--batch-size", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert set(got) == {1, 2, 3, 4}
+    assert "error" in got[3] and "corrupt.mp4" in got[3]["error"]
+    assert all(isinstance(got[i]["answer"], str) for i in (1, 2, 4))
+    # A second run finds every id answered and does nothing.
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and len(out.read_text().splitlines()) == 4
+
+
+def test_batched_answers_equal_one_by_one(video_model, media):
+    rows = [{"id": 1, "question": "What moves?", "video": media["silent"]},
+            {"id": 2, "question": "What colour is the moving square?", "video": media["tone"]}]
+    together, alone = [], []
+    answer_rows(video_model, rows, batch_size=2, max_new_tokens=4, on_result=together.append)
+    for row in rows:
+        answer_rows(video_model, [row], batch_size=1, max_new_tokens=4, on_result=alone.append)
+    key = lambda r: r["id"]
+    assert [r["answer"] for r in sorted(together, key=key)] == [r["answer"] for r in sorted(alone, key=key)]
+
+
+def test_chat_command_streams(media):
+    r = subprocess.run([sys.executable, "-m", "vllama_jax", "chat", "--model", str(FIXTURES / "v_mistral_clip_stc"),
+                        "--video", media["silent"], "--max-new-tokens", "3", "What happens?"],
+                       capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]

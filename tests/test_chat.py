@@ -103,3 +103,28 @@ def test_chat_command_streams(media):
                         "--video", media["silent"], "--max-new-tokens", "3", "What happens?"],
                        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_chat_about_an_image_and_about_a_sound_file(av_model, tmp_path):
+    from data_pipelines.synthetic import write_image, write_wav
+    img, wav = tmp_path / "sq.jpg", tmp_path / "tone.wav"
+    write_image(str(img), "green")
+    write_wav(str(wav), "green")
+    assert isinstance(av_model.chat("What colour?", image=str(img), max_new_tokens=3), str)
+    assert isinstance(av_model.chat("Which tone?", audio=str(wav), max_new_tokens=3), str)
+
+
+def test_video_only_model_refuses_audio_clearly(video_model, media):
+    with pytest.raises(ValueError, match="no audio tower"):
+        video_model.chat("What do you hear?", video=media["tone"], audio=True, max_new_tokens=2)
+
+
+def test_num_frames_at_inference_differs_from_training(media, caplog):
+    from vllama_jax.models.videollama2 import num_video_tokens
+    with caplog.at_level("WARNING"):
+        model = vllama_jax.load(str(FIXTURES / "v_mistral_clip_stc"), num_frames=8)
+    assert "differs from the 4" in caplog.text
+    assert model.config.num_frames == 8 and model.processor.num_frames == 8
+    # 8 frames of 4x4 patches through the STC connector: t' = 5, h' = w' = 3.
+    assert num_video_tokens(model.config) == 5 * 3 * 3
+    assert isinstance(model.chat("What moves?", video=media["silent"], max_new_tokens=2), str)

@@ -1,9 +1,12 @@
 """The side-by-side comparisons: one PyTorch reference (transformers) and our JAX model on the SAME
 checkpoint and the SAME inputs, in one process.
 
-    prefill   MistralForCausalLM / Qwen2ForCausalLM forward  vs  our jitted Decoder      ids (B, S) -> logits (B, S, V)
-    generate  HF generate(), greedy, with its KV cache       vs  our generate (one jitted while_loop)  -> (B, N) ids
-    vision    HF CLIPVisionModel forward                     vs  our CLIP tower          pixels (T, 3, H, W) -> (T, 1 + P, C)
+    prefill   MistralForCausalLM / Qwen2ForCausalLM forward  vs  our jitted Decoder
+              ids (B, S) -> logits (B, S, V)
+    generate  HF generate(), greedy, with its KV cache       vs  our generate (one jitted while_loop)
+              ids (B, L) -> (B, N) new ids
+    vision    HF CLIPVisionModel forward                     vs  our CLIP tower
+              pixels (T, 3, H, W) -> last_hidden_state (T, 1 + P, C)
 
 Each reference gets random weights, is written with `save_pretrained`, and ours is read from that folder
 by `vllama_jax.load`, so the released key names and our loader are part of what runs. The weights are
@@ -16,8 +19,9 @@ faster), and `agreement` (max abs difference of the outputs, or whether the gree
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import logging
+import os
 from typing import Callable, Tuple
 
 import jax
@@ -31,12 +35,22 @@ from vllama_jax.config import DecoderConfig, VisionConfig
 from vllama_jax.generate import generate_from_embeds
 from vllama_jax.models.decoder import Decoder, init_cache
 
-from benchmarks.timing import Timing, time_jax, time_torch
+from benchmarks.timing import Timing, compile_jax, side_by_side
 
-# transformers warns about generation flags and unknown config keys of these bare test models: not news here.
-transformers.logging.set_verbosity_error()
-transformers.logging.disable_progress_bar()
-logging.getLogger("transformers").setLevel(logging.ERROR)
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers warns about the generation flags of these bare random models and shows a progress bar
+    per `save_pretrained`: not news here. Restored afterwards (the bench may run inside a test session)."""
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
 
 
 # --- sizes ---------------------------------------------------------------------------------------------------
@@ -97,10 +111,18 @@ class Runner:
     def tensor(self, x: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_device)
 
+    def compare(self, ours_fn: Callable, ours_args: tuple, ref: Callable):
+        """Compile `ours_fn` for `ours_args`, then time it and `ref()` side by side (timing.py)."""
+        compiled, compile_s = compile_jax(ours_fn, *ours_args)
+        return side_by_side(lambda: compiled(*ours_args), ref, warmup=self.warmup, repeats=self.repeats,
+                            sync=self.sync, compile_s=compile_s)
+
 
 def _row(name: str, kind: str, shape: dict, ours: Timing, ref: Timing, agreement: dict, **extra) -> dict:
+    # Other processes on the machine move the times (PyTorch's OpenMP threads most): the load says if there were.
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"name": name, "kind": kind, **shape, "jax": ours.to_json(), "torch": ref.to_json(),
-            "ratio": ours.median_s / ref.median_s, "agreement": agreement, **extra}
+            "ratio": ours.median_s / ref.median_s, "agreement": agreement, "load_1min": load, **extra}
 
 
 def _max_abs_diff(ours, ref) -> dict:
@@ -154,11 +176,10 @@ def prefill(hf, ours, batch: int, seq: int, runner: Runner) -> dict:
     def run(params, ids, mask):
         return ours.module.apply({"params": params}, ids, attention_mask=mask.astype(bool))[0]
 
-    ours_t, logits = time_jax(run, ours.params, jnp.asarray(ids), jnp.asarray(mask),
-                              warmup=runner.warmup, repeats=runner.repeats)
     ids_t, mask_t = runner.tensor(ids.astype(np.int64)), runner.tensor(mask.astype(np.int64))
-    ref_t, ref = time_torch(lambda: hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits,
-                            warmup=runner.warmup, repeats=runner.repeats, sync=runner.sync)
+    ours_t, logits, ref_t, ref = runner.compare(
+        run, (ours.params, jnp.asarray(ids), jnp.asarray(mask)),
+        lambda: hf(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits)
     family = ours.config.family
     return _row(f"prefill {family} b{batch} s{seq}", "prefill", {"family": family, "batch": batch, "seq": seq},
                 ours_t, ref_t, {"of": "logits", **_max_abs_diff(logits, ref.float().cpu().numpy())},
@@ -186,15 +207,14 @@ def generate(hf, ours, batch: int, prompt_len: int, new_tokens: int, runner: Run
     """Greedy generation of `new_tokens` tokens after a `prompt_len`-token prompt, both with a KV cache."""
     ids = np.random.default_rng(2).integers(3, ours.config.vocab_size, (batch, prompt_len)).astype(np.int32)
     mask = np.ones((batch, prompt_len), np.int32)
-    ours_t, tokens = time_jax(our_generate(ours, new_tokens), ours.params, jnp.asarray(ids), jnp.asarray(mask),
-                              warmup=runner.warmup, repeats=runner.repeats)
     ids_t, mask_t = runner.tensor(ids.astype(np.int64)), runner.tensor(mask.astype(np.int64))
 
     def hf_generate():
         return hf.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=new_tokens, do_sample=False,
                            num_beams=1, use_cache=True, pad_token_id=0)
 
-    ref_t, ref = time_torch(hf_generate, warmup=runner.warmup, repeats=runner.repeats, sync=runner.sync)
+    ours_t, tokens, ref_t, ref = runner.compare(
+        our_generate(ours, new_tokens), (ours.params, jnp.asarray(ids), jnp.asarray(mask)), hf_generate)
     ref = ref[:, prompt_len:].cpu().numpy()
     tokens = np.asarray(tokens)
     same = tokens == ref if tokens.shape == ref.shape else np.zeros(ref.shape, bool)
@@ -215,10 +235,9 @@ def vision(hf, ours, frames: int, runner: Runner) -> dict:
     def run(params, x):
         return ours.module.apply({"params": params}, x)["last_hidden_state"]
 
-    ours_t, out = time_jax(run, ours.params, jnp.asarray(pixels), warmup=runner.warmup, repeats=runner.repeats)
     x = runner.tensor(pixels)
-    ref_t, ref = time_torch(lambda: hf(pixel_values=x).last_hidden_state, warmup=runner.warmup,
-                            repeats=runner.repeats, sync=runner.sync)
+    ours_t, out, ref_t, ref = runner.compare(run, (ours.params, jnp.asarray(pixels)),
+                                             lambda: hf(pixel_values=x).last_hidden_state)
     return _row(f"vision clip {frames}x{c.image_size}px", "vision",
                 {"family": c.family, "batch": frames, "seq": c.num_positions}, ours_t, ref_t,
                 {"of": "last_hidden_state", **_max_abs_diff(out, ref.float().cpu().numpy())},

@@ -5,7 +5,8 @@ bench.json:
      "settings": {"quick", "dtype", "warmup", "repeats", "sizes"},
      "results": [{"name", "kind" (prefill | generate | vision), "family", "batch", "seq",
                   "jax": {"median_s", "min_s", "runs_s", "compile_s"}, "torch": {"median_s", "min_s", "runs_s"},
-                  "ratio": jax median / torch median, "agreement": {...}}, ...],
+                  "ratio": jax median / torch median, "agreement": {...},
+                  "load_1min": the machine's load average when the case ended}, ...],
      "summary": {"geomean_ratio": {kind: ..., "all": ...}}}
 
 bench.png: one bar per case of the time ratio (log scale, a line at 1: left of it we are faster),
@@ -40,14 +41,19 @@ def _agreement_text(a: dict) -> str:
     return f"{a['of']} {'equal' if a['tokens_equal'] else 'DIFFER (%.0f%% equal)' % (100 * a['match_fraction'])}"
 
 
+def _load(row: dict) -> str:
+    return "-" if row.get("load_1min") is None else f"{row['load_1min']:.1f}"
+
+
 def table(report: dict) -> str:
     env = report["env"]
     lines = [f"{env['device_kind']} ({env['platform']}), {env['cpus_available']} CPUs, torch threads "
              f"{env['torch_threads']}; jax {env['jax']}, torch {env['torch']}, transformers {env['transformers']}",
-             f"{'case':<30} {'jax ms':>9} {'torch ms':>9} {'ratio':>7} {'compile s':>10}  agreement"]
+             f"{'case':<30} {'jax ms':>9} {'torch ms':>9} {'ratio':>7} {'compile s':>10} {'load':>5}  agreement"]
     for r in report["results"]:
         lines.append(f"{r['name']:<30} {1e3 * r['jax']['median_s']:>9.2f} {1e3 * r['torch']['median_s']:>9.2f} "
-                     f"{r['ratio']:>7.2f} {r['jax']['compile_s']:>10.2f}  {_agreement_text(r['agreement'])}")
+                     f"{r['ratio']:>7.2f} {r['jax']['compile_s']:>10.2f} {_load(r):>5}  "
+                     + _agreement_text(r["agreement"]))
     g = report["summary"]["geomean_ratio"]
     lines.append("geometric mean of ratio (ours / PyTorch): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
     return "\n".join(lines)

@@ -52,6 +52,10 @@ def run(out_dir: str, quick: bool = False, warmup: Optional[int] = None, repeats
                           torch_device=_torch_device())
     if runner.repeats < 1:
         raise ValueError("repeats must be at least 1")
+    if runner.torch_device == "cuda":  # float32 means float32 on both sides: no TF32 in PyTorch either
+        import torch
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
     results = []
 
@@ -63,7 +67,7 @@ def run(out_dir: str, quick: bool = False, warmup: Optional[int] = None, repeats
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     # Float32 matmuls on every backend (a GPU would otherwise use TF32 for JAX's and not for PyTorch's).
-    with jax.default_matmul_precision("highest"), tempfile.TemporaryDirectory() as tmp:
+    with jax.default_matmul_precision("highest"), cases.quiet_transformers(), tempfile.TemporaryDirectory() as tmp:
         if {"prefill", "generate"} & set(kinds):
             for cfg in sizes.decoders:
                 log(f"{cfg.family}: hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocab {cfg.vocab_size}")

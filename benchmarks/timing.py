@@ -1,12 +1,13 @@
 """Timing both frameworks the same way, and describing the machine they ran on.
 
-    time_jax(fn, *args)     -> (Timing, output)   compile (lower + compile) timed apart, then warm-up, then runs
-    time_torch(fn, sync)    -> (Timing, output)   warm-up (first calls allocate), then runs
-    environment(torch_dev)  -> dict               device_kind, versions, thread counts
+    compile_jax(fn, *args)            -> (compiled fn, compile seconds)   tracing + XLA compilation, paid once
+    side_by_side(ours, ref, ...)      -> (Timing, output) of each         warm-up, then alternating timed runs
+    environment(torch_device)         -> dict                             device_kind, versions, thread counts
 
 A run's time ends when its output is ready: `block_until_ready` for JAX (dispatch is asynchronous),
-`torch.cuda.synchronize` for PyTorch on a GPU. The figure reported is the median of the runs, which a
-stray slow run (another process waking up) does not move.
+`torch.cuda.synchronize` for PyTorch on a GPU. The two sides alternate run by run, so a change in the
+machine's load (another process waking up) hits both; the figure reported is the median of the runs,
+which one stray slow run does not move.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import jax
 
@@ -36,38 +37,40 @@ class Timing:
         return d
 
 
-def time_jax(fn: Callable, *args, warmup: int, repeats: int):
-    """`fn(*args)` jitted: compile once (timed), `warmup` untimed calls, `repeats` timed calls."""
+def compile_jax(fn: Callable, *args) -> Tuple[Callable, float]:
+    """`jax.jit(fn)` compiled ahead of time for `args`' shapes, and how long that took."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    out = None
-    for _ in range(warmup):
-        out = jax.block_until_ready(compiled(*args))
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
-    return Timing(runs, compile_s), out
+    return compiled, time.perf_counter() - t0
 
 
-def time_torch(fn: Callable, *, warmup: int, repeats: int, sync: Callable[[], None] = lambda: None):
-    """`fn()` under `torch.inference_mode`: `warmup` untimed calls, `repeats` timed calls."""
+def side_by_side(ours: Callable[[], Any], ref: Callable[[], Any], *, warmup: int, repeats: int,
+                 sync: Callable[[], None] = lambda: None, compile_s: Optional[float] = None):
+    """`ours()` (a compiled JAX call) and `ref()` (PyTorch, run under `torch.inference_mode`): `warmup`
+    untimed calls of each (first calls allocate and pick kernels), then `repeats` timed calls of each,
+    alternating. Returns (ours Timing, ours output, ref Timing, ref output)."""
     import torch
 
-    out = None
+    def timed(fn, finish):
+        t0 = time.perf_counter()
+        out = finish(fn())
+        return time.perf_counter() - t0, out
+
+    def finish_ref(out):
+        sync()
+        return out
+
+    ours_runs, ref_runs = [], []
     with torch.inference_mode():
         for _ in range(warmup):
-            out = fn()
-        sync()
-        runs = []
+            timed(ours, jax.block_until_ready)
+            timed(ref, finish_ref)
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = fn()
-            sync()
-            runs.append(time.perf_counter() - t0)
-    return Timing(runs), out
+            t, ours_out = timed(ours, jax.block_until_ready)
+            ours_runs.append(t)
+            t, ref_out = timed(ref, finish_ref)
+            ref_runs.append(t)
+    return Timing(ours_runs, compile_s), ours_out, Timing(ref_runs), ref_out
 
 
 def _cpu_model() -> str:

@@ -106,11 +106,13 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="decoding worker processes")
     parser.add_argument("--records-per-shard", type=int, default=1024)
     args = parser.parse_args(argv)
-    from data_pipelines.from_config import sample_spec, sources_of
+    from data_pipelines.from_config import make_synthetic_data, sample_spec, sources_of
     from vllama_jax.train.config import load_train_config
     cfg = load_train_config(args.config, args.set)
-    manifest = write_cache(sources_of(cfg), sample_spec(cfg), args.out, records_per_shard=args.records_per_shard,
-                           dtype=args.dtype, worker_count=args.workers)
+    model = cfg.model.resolve()
+    make_synthetic_data(cfg, model)
+    manifest = write_cache(sources_of(cfg), sample_spec(cfg, model), args.out, dtype=args.dtype,
+                           records_per_shard=args.records_per_shard, worker_count=args.workers)
     print(json.dumps(manifest["counts"]))
     return 0
 

@@ -43,12 +43,17 @@ def sample_spec(cfg, model: VideoLLaMA2Config) -> SampleSpec:
         aspect_ratio=model.image_aspect_ratio or "pad")
 
 
-def train_data(cfg, model: VideoLLaMA2Config, process_index: int = 0, process_count: int = 1) -> TrainData:
-    """The run's data; generates the smoke dataset first when `data.synthetic_samples` > 0."""
+def make_synthetic_data(cfg, model: VideoLLaMA2Config, process_index: int = 0) -> None:
+    """Generate the smoke dataset into `data.folder` when `data.synthetic_samples` > 0 (once)."""
     if cfg.data.synthetic_samples:
         from data_pipelines.synthetic import make_dataset
         make_dataset(cfg.data.folder, cfg.data.synthetic_samples, audio=model.audio is not None,
                      process_index=process_index)
+
+
+def train_data(cfg, model: VideoLLaMA2Config, process_index: int = 0, process_count: int = 1) -> TrainData:
+    """The run's data (generated first when the config asks for the synthetic dataset)."""
+    make_synthetic_data(cfg, model, process_index)
     sources = sources_of(cfg)
     if cfg.data.cache:
         from data_pipelines.cache import check_manifest

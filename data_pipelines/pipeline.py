@@ -22,7 +22,6 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 import grain
-import numpy as np
 
 from data_pipelines.annotations import read_annotation_file
 from data_pipelines.samples import SampleDecoder, SampleSpec, collate, default_buckets
@@ -33,7 +32,7 @@ class Source:
     """One annotation file (or its cache shard) and its mixing weight."""
 
     path: str
-    weight: float = 1.0
+    weight: Optional[float] = None  # None (for every source): each row equally likely, as concatenated
     audio_from_video: bool = False
 
 
@@ -54,6 +53,13 @@ def row_datasets(sources: Sequence[Source], folder: str, cache: Optional[str] = 
                 raise ValueError(f"annotation file {s.path} has no rows")
             out.append(grain.MapDataset.source(rows))
     return out
+
+
+def mixing_weights(sources: Sequence[Source], datasets: Sequence[grain.MapDataset]) -> List[float]:
+    given = [s.weight is not None for s in sources]
+    if any(given) and not all(given):
+        raise ValueError("data.annotations: give a weight to every file or to none (none: mixed by row count)")
+    return [s.weight if s.weight is not None else float(len(d)) for s, d in zip(sources, datasets)]
 
 
 def row_stream(datasets: Sequence[grain.MapDataset], weights: Sequence[float], seed: int) -> grain.MapDataset:
@@ -110,7 +116,7 @@ class TrainData:
         datasets = row_datasets(sources, spec.data_folder, cache)
         self.num_rows = sum(len(d) for d in datasets)
         self.buckets = tuple(buckets) or default_buckets(spec.model_max_length)
-        stream = row_stream(datasets, [s.weight for s in sources], seed)
+        stream = row_stream(datasets, mixing_weights(sources, datasets), seed)
         # Cut the stream into global batches, each as this process's slice of rows, as a list.
         p, b = process_index, self.local_batch
         per_global = stream.batch(global_batch, drop_remainder=True, batch_fn=list)

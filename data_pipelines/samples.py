@@ -113,13 +113,13 @@ class SampleDecoder:
         if len(kinds) > 1:
             raise BadSample(f"more than one media file ({', '.join(kinds)})")
         kind = kinds[0] if kinds else None
+        self._check_tags(conversations, MEDIA_KEYS.get(kind))
         video = audio = None
         if kind is not None:
             path = os.path.join(self.spec.data_folder, row[kind])
             if not os.path.exists(path):
                 raise BadSample(f"missing file {path}")
             video, audio = self._media(kind, path, row)
-        self._check_tags(conversations, MEDIA_KEYS.get(kind))
         from vllama_jax.preprocess.conversation import tokenize_conversation
         input_ids, labels = tokenize_conversation(conversations, self.tokenizer, self.spec.family,
                                                   self.spec.model_max_length, pretraining=self.spec.template == "plain")
@@ -136,7 +136,7 @@ class SampleDecoder:
                 video = self.processor.video(path, row.get("start"), row.get("end"))
                 audio = None
                 if row.get("_audio_from_video") and spec.has_audio_tower:
-                    audio = self.processor.audio(path)
+                    audio = np.asarray(self.processor.audio(path), np.float32)
                 return np.asarray(video, np.float32), audio
             if kind == "image":
                 image = np.asarray(self.processor.image(path), np.float32)  # (1, 3, H, W)
@@ -193,7 +193,11 @@ def collate(samples: Sequence[dict], buckets: Sequence[int], num_frames: int, im
     if has_audio_tower:
         batch["audio"] = np.zeros((b,) + AUDIO_SHAPE, np.float32)
         batch["has_audio"] = np.zeros((b,), bool)
+    video_shape = batch["video"].shape[1:]
     for i, s in enumerate(samples):
+        if s["video"] is not None and s["video"].shape != video_shape:
+            raise ValueError(f"a sample's video is {s['video'].shape}, the model takes {video_shape}: "
+                             "the pre-processing (data.processor) does not fit the model's vision tower")
         n = len(s["input_ids"])
         batch["input_ids"][i, :n] = s["input_ids"]
         batch["attention_mask"][i, :n] = True

@@ -4,6 +4,7 @@ Its agreement figures are parity checks of their own (ours vs transformers on th
 inputs), so they are held to the project's float32 tolerance. Speed is reported, never tested.
 """
 import json
+import sys
 
 import pytest
 
@@ -62,3 +63,11 @@ def test_outputs_agree_with_pytorch(bench):
 def test_plot_written(bench):
     png = bench[0] / "bench.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_clear_message_without_torch(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    assert main(["bench", "--out", str(tmp_path), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "needs torch" in err and "setup_env.sh --test" in err
+    assert not (tmp_path / "bench.json").exists()

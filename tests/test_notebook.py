@@ -34,6 +34,7 @@ def executed(tmp_path_factory):
         "display_name": "vllama-jax tests", "language": "python", "env": env}))
     mp = pytest.MonkeyPatch()
     mp.setenv("JUPYTER_PATH", str(tmp))  # searched before the user's and the environment's kernels
+    mp.setenv("JUPYTER_RUNTIME_DIR", str(tmp / "runtime"))  # connection files
     mp.delenv("VLLAMA_MODEL", raising=False)
     mp.delenv("VLLAMA_VIDEO", raising=False)
     try:

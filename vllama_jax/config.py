@@ -413,10 +413,10 @@ KNOWN_VISION_TOWERS = {
 }
 
 
-def _videollama2(decoder, vision, num_frames, model_type, tower, audio=False):
+def _videollama2(decoder, vision, num_frames, model_type, tower, audio=False, projector="stc_connector"):
     return VideoLLaMA2Config(
         decoder=decoder, vision=vision,
-        connector=ConnectorConfig("stc_connector", vision.hidden_size, decoder.hidden_size),
+        connector=ConnectorConfig(projector, vision.hidden_size, decoder.hidden_size),
         audio=BEATS_ITER3_PLUS_AS2M if audio else None,
         audio_projector=(ConnectorConfig("mlp2x_gelu", BEATS_ITER3_PLUS_AS2M.encoder_embed_dim, decoder.hidden_size)
                          if audio else None),
@@ -433,10 +433,12 @@ PRESETS = {
                                      "openai/clip-vit-large-patch14-336"),
     "VideoLLaMA2-72B": _videollama2(QWEN2_72B_INSTRUCT, CLIP_VIT_L_14_336, 8, "videollama2_qwen2",
                                     "openai/clip-vit-large-patch14-336"),
+    # The 2.1 releases use the unpadded STC variant (mm_projector_type "stc_connector_v35").
     "VideoLLaMA2.1-7B-16F": _videollama2(QWEN2_7B_INSTRUCT, SIGLIP_SO400M_14_384, 16, "videollama2_qwen2",
-                                         "google/siglip-so400m-patch14-384"),
+                                         "google/siglip-so400m-patch14-384", projector="stc_connector_v35"),
     "VideoLLaMA2.1-7B-AV": _videollama2(QWEN2_7B_INSTRUCT, SIGLIP_SO400M_14_384, 16, "videollama2_qwen2",
-                                        "google/siglip-so400m-patch14-384", audio=True),
+                                        "google/siglip-so400m-patch14-384", audio=True,
+                                        projector="stc_connector_v35"),
 }
 
 # Tiny variants for tests and the CPU smoke run: the same code paths, a few hundred thousand params.

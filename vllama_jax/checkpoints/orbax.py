@@ -1,14 +1,15 @@
 """Training checkpoints with Orbax: params, optimizer state, step, RNG and the data iterator together.
 
     ckpt = Checkpointer(f"{out_dir}/checkpoints", every=500, keep=2)
-    ckpt.save(step, state, data_iterator)               # every `every` steps; async; atomic
-    state, data_restored = ckpt.restore(ckpt.latest_step(), abstract_state, data_iterator)
+    ckpt.save(step, state, data_iterator)               # async; atomic
+    ckpt.restore_data(ckpt.latest_step(), data_iterator) # the iterator's position (per process)
+    state = ckpt.restore(ckpt.latest_step(), abstract_state)
     params = read_run_params("runs/video_pretrain", like=abstract_params)   # the next phase starts here
 
 A checkpoint `<dir>/<step>/` holds three items:
 
     params   the param pytree (float32 master copy), one sharded array per leaf
-    train    {"opt_state", "step", "rng"}
+    train    everything else: {"opt_state", "step", "rng", "bad_samples"}
     data     the grain iterator state, one JSON file per process (grain.checkpoint.CheckpointHandler)
 
 Params are their own item so that another phase can read them without this phase's optimizer state.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Tuple
+from typing import Optional
 
 import jax
 import numpy as np
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 class Checkpointer:
     def __init__(self, directory: str, every: int = 500, keep: Optional[int] = 2, async_save: bool = True):
         import grain
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep,
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(
@@ -52,27 +53,29 @@ class Checkpointer:
     def save(self, step: int, state: dict, data_iterator, force: bool = False) -> bool:
         """Save at `step` when it is a multiple of `every` (or `force`); returns whether it saved."""
         import grain
-        train = {"opt_state": state["opt_state"], "step": state["step"], "rng": state["rng"]}
+        train = {k: v for k, v in state.items() if k != "params"}
         args = ocp.args.Composite(params=ocp.args.StandardSave(state["params"]), train=ocp.args.StandardSave(train),
                                   data=grain.checkpoint.CheckpointSave(data_iterator))
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, step: int, abstract_state: dict, data_iterator=None) -> Tuple[dict, bool]:
-        """The state at `step` in the layout of `abstract_state`; restores `data_iterator` in place when
-        this process has a saved position for it. Returns (state, whether the data position was restored)."""
+    def restore_data(self, step: int, data_iterator) -> bool:
+        """Set `data_iterator` (a grain DatasetIterator) to its position at `step` and start its prefetching.
+        False when this process has no saved position (the checkpoint was written by another number of
+        processes): the caller then positions the data itself."""
         import grain
-        abstract_train = {k: abstract_state[k] for k in ("opt_state", "step", "rng")}
+        try:
+            self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            return True
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            log.warning("data iterator state not restored from step %d (%s); positioning it from the step", step, e)
+            return False
+
+    def restore(self, step: int, abstract_state: dict) -> dict:
+        """The state at `step`, each array placed as its `abstract_state` leaf (ShapeDtypeStruct + sharding) says."""
+        abstract_train = {k: v for k, v in abstract_state.items() if k != "params"}
         got = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_state["params"]), train=ocp.args.StandardRestore(abstract_train)))
-        state = {"params": got["params"], **got["train"]}
-        data_restored = False
-        if data_iterator is not None:
-            try:
-                self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
-                data_restored = True
-            except (ValueError, FileNotFoundError, KeyError) as e:  # written by another number of processes
-                log.warning("data iterator state not restored from step %d (%s); positioning it from the step", step, e)
-        return state, data_restored
+        return {"params": got["params"], **got["train"]}
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)

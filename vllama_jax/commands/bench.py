@@ -5,7 +5,6 @@ transformers on the same weights and inputs) and writes DIR/bench.json and DIR/b
 transformers are the test extras: without them the command says how to install them.
 """
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -33,8 +32,18 @@ def _run_bench_module():
     return importlib.import_module("benchmarks.run_bench")
 
 
+def _missing_references():
+    missing = []
+    for name in ("torch", "transformers"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def main(args) -> int:
-    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    missing = _missing_references()
     if missing:
         print(f"vllama-jax bench compares against the PyTorch reference and needs {' and '.join(missing)}: "
               "install the test extras (`pip install -e '.[test]'` or `bash scripts/setup_env.sh --test`)",

@@ -39,15 +39,16 @@ def init_distributed(coordinator=None, num_processes=None, process_id=None, auto
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    init_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed)
+    import jax
+    # Process 0 logs progress; the others only warnings and errors.
+    logging.basicConfig(level=logging.INFO if jax.process_index() == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from absl import flags
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
-    init_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed)
-    # grain's worker processes read absl flags; mark them parsed when run from this CLI.
-    from absl import flags
     if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    import jax
+        flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
 
     from vllama_jax.train.config import load_train_config
     from vllama_jax.train.loop import train

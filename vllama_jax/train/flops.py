@@ -7,8 +7,8 @@ The estimate counts matmuls, 2 FLOPs per multiply-add: a part with N matmul para
 costs 2 N t forward, 2 N t more backward to pass gradients to its input when something before it
 trains, and 2 N t more for its own weight gradients when it trains (the usual 6 N t when everything
 trains). The decoder adds causal attention (QK^T and PV: 2 x 2 L'^2 H hd per layer and sample, halved
-for the causal mask), whose backward costs two forwards. Connector convolutions are counted as if every param met every frame token, an
-overestimate of a part that is ~1 % of the total.
+for the causal mask), whose backward costs two forwards. Connector convolutions are counted as if
+every param met every frame token, an overestimate of a part that is ~1 % of the total.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ PEAKS: Tuple[Tuple[str, float, float], ...] = (
     ("TPU v5", 459e12, 2.77e12),  # v5p reports "TPU v5"
     ("TPU v6 lite", 918e12, 1.64e12),  # v6e (Trillium)
     ("TPU v6e", 918e12, 1.64e12),
+    ("TPU v4", 275e12, 1.2e12),
 )
 
 # Which parts feed which: a part needs input gradients when any part upstream of it trains.

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import flax.linen as nn
 import jax
@@ -99,34 +99,36 @@ def train(cfg: TrainConfig) -> Dict[int, float]:
     data = train_data(cfg, model_cfg, process_index, process_count)
     steps = total_steps(cfg, data.num_rows)
 
+    # The data position first, so the first batches decode while the model state is built or restored.
+    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.checkpoint.every, cfg.checkpoint.keep,
+                        cfg.checkpoint.async_save)
+    start = ckpt.latest_step() or 0
+    iterator = data.iterator()
+    if start and not ckpt.restore_data(start, iterator):
+        iterator = data.iterator(start)  # batch k is the k-th element: the step is the position
+    iterator.start_prefetch()
+
     example = dummy_batch(model_cfg)
     boxed = boxed_abstract_params(model, example)
     mask = trainable_mask(nn.unbox(boxed), cfg.optimizer.trainable)
     check_patterns(nn.unbox(boxed), cfg.optimizer.trainable)
     tx = make_optimizer(cfg.optimizer, steps, mask)
     shardings = state_shardings(boxed, tx, mesh)
-
-    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.checkpoint.every, cfg.checkpoint.keep,
-                        cfg.checkpoint.async_save)
-    start = ckpt.latest_step()
-    if start is not None:
-        iterator = data.iterator()
-        state, data_restored = ckpt.restore(start, abstract_state(boxed, tx, shardings), iterator)
-        if not data_restored:
-            iterator = data.iterator(start)  # batch k is the k-th element: the step is the position
+    if start:
+        state = ckpt.restore(start, abstract_state(boxed, tx, shardings))
         log.info("resumed %s at step %d", cfg.output_dir, start)
     else:
-        start = 0
-        state = new_state(initial_params(cfg.init, model, example, boxed, mesh, cfg.train.seed), tx, shardings,
-                          cfg.train.seed)
-        iterator = data.iterator()
+        options = cfg.train.compiler_options()
+        params = initial_params(cfg.init, model, example, boxed, mesh, cfg.train.seed, options)
+        state = new_state(params, tx, shardings, cfg.train.seed, options)
 
     batch_sh = batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     step_fn = jax.jit(
         make_train_step(model, tx, mask, lr_schedule(cfg.optimizer.learning_rate, steps, cfg.optimizer.warmup_ratio),
                         cfg.train.grad_accum, batch_spec=batch_sh.spec),
-        in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated), donate_argnums=0)
+        in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated), donate_argnums=0,
+        compiler_options=cfg.train.compiler_options())
 
     # For MFU: the FLOPs of a step depend on the text bucket, so they are computed per logged step.
     counts = matmul_params(nn.unbox(boxed))
@@ -135,32 +137,33 @@ def train(cfg: TrainConfig) -> Dict[int, float]:
     media_tokens = num_video_tokens(model_cfg) + num_audio_tokens(model_cfg, 2998)
 
     writer = MetricsWriter(cfg.output_dir, enabled=process_index == 0)
+    if process_index == 0:
+        with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
+            f.write(cfg.to_yaml())  # the config this run used, defaults and overrides included
     bar = None
     if process_index == 0 and cfg.train.progress_bar:
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=start, desc=cfg.name, disable=not sys.stderr.isatty())
     losses: Dict[int, float] = {}
-    bad_total = 0
     pending = None  # (step, metrics, text length): fetched after the next step is dispatched
     last = time.perf_counter()
 
     def log_step(step, metrics, length):
-        nonlocal bad_total, last
+        nonlocal last
         m = jax.device_get(metrics)  # waits for the step
         now = time.perf_counter()
         dt, last = now - last, now
-        bad_total += int(m["bad_samples"])
         flops = train_step_flops(model_cfg, counts, trains, cfg.train.global_batch_size, length - 1 + media_tokens)
         row = {"loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                "tokens": float(m["tokens"]), "tokens_per_s": float(m["tokens"]) / dt, "step_time_s": dt,
                "mfu": flops / (dt * jax.device_count() * peak) if peak else None,
-               "bad_samples": int(m["bad_samples"]), "bad_samples_total": bad_total}
+               "bad_samples": int(m["bad_samples"]), "bad_samples_total": int(m["bad_samples_total"])}
         losses[step] = row["loss"]
         if step % cfg.train.log_every == 0 or step == steps:
             writer.write(step, row)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", bad=bad_total)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", bad=row["bad_samples_total"])
 
     with use_mesh(mesh, LOGICAL_AXIS_RULES), _Preemption() as preemption:
         for step in range(start + 1, steps + 1):

@@ -1,6 +1,7 @@
 """The train state, its shardings, and where its params start.
 
-    state = {"params": pytree (float32), "opt_state": optax state, "step": int32 scalar, "rng": uint32 (2,)}
+    state = {"params": pytree (float32), "opt_state": optax state, "step": int32 scalar, "rng": uint32 (2,),
+             "bad_samples": int32 scalar (rows skipped so far)}
 
 Params are placed by their logical axis names (`vllama_jax/sharding.py`); the Adam moments of a param
 take that param's sharding (`optax.tree_map_params`), the rest (counters) is replicated. The abstract
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vllama_jax.sharding import logical_to_sharding, shard_params
+from vllama_jax.sharding import logical_to_sharding, shard_params, use_mesh
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +45,26 @@ def state_shardings(boxed_params, tx: optax.GradientTransformation, mesh) -> Dic
     masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     opt_sh = optax.tree_map_params(tx, lambda v, s: v if masked(v) else s, jax.eval_shape(tx.init, abstract),
                                    param_sh, transform_non_params=lambda _: replicated, is_leaf=masked)
-    return {"params": param_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+    return {"params": param_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated,
+            "bad_samples": replicated}
 
 
 def abstract_state(boxed_params, tx, shardings) -> Dict[str, Any]:
     """ShapeDtypeStructs with shardings for every leaf of the state: a restore target."""
     abstract = nn.unbox(boxed_params)
     shapes = {"params": abstract, "opt_state": jax.eval_shape(tx.init, abstract),
-              "step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+              "step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+              "bad_samples": jax.ShapeDtypeStruct((), jnp.int32)}
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
-def new_state(params, tx, shardings, seed: int) -> Dict[str, Any]:
+def new_state(params, tx, shardings, seed: int, compiler_options=None) -> Dict[str, Any]:
     """Step 0: fresh optimizer state (created in its sharded layout) around `params`."""
-    opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"], compiler_options=compiler_options)(params)
     put = lambda x, s: jax.device_put(x, s)  # noqa: E731
     return {"params": params, "opt_state": opt_state, "step": put(jnp.int32(0), shardings["step"]),
-            "rng": put(jax.random.PRNGKey(seed), shardings["rng"])}
+            "rng": put(jax.random.PRNGKey(seed), shardings["rng"]),
+            "bad_samples": put(jnp.int32(0), shardings["bad_samples"])}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -105,12 +109,15 @@ def _folder_params(path: str) -> dict:
     return {PART_OF_KIND[kind]: loaded.params}
 
 
-def initial_params(init, model, example_batch, boxed, mesh, seed: int) -> dict:
+def initial_params(init, model, example_batch, boxed, mesh, seed: int, compiler_options=None) -> dict:
     """Random init overwritten by the `init` section's sources (see the module docstring)."""
     from vllama_jax.checkpoints.orbax import is_run_dir, read_run_params
-    from vllama_jax.sharding import sharded_init
-    params = sharded_init(model, jax.random.PRNGKey(seed), example_batch, mesh=mesh)
     shardings = logical_to_sharding(boxed, mesh)
+    # Created directly in the sharded layout: no device ever holds the whole model.
+    init_fn = jax.jit(lambda rng: nn.unbox(model.init(rng, example_batch)["params"]), out_shardings=shardings,
+                      compiler_options=compiler_options)
+    with use_mesh(mesh):
+        params = init_fn(jax.random.PRNGKey(seed))
     if init.from_phase:
         run = os.path.join(init.output_root, init.from_phase)
         params = _overlay(params, read_run_params(run, shardings), boxed, mesh, f"init.from_phase {run}", placed=True)

@@ -15,8 +15,9 @@ untouched, bit for bit.
 Micro-batches are strided (rows i, i + A, i + 2A, ... for A micro-batches), so each device keeps its
 own rows: the split needs no communication under the batch sharding.
 
-Metrics (float32 scalars): loss, grad_norm (trainable grads, before clipping), lr, target_tokens,
-tokens (positions the decoder attends to, media tokens included), bad_samples.
+Metrics (scalars): loss, grad_norm (trainable grads, before clipping), lr, target_tokens, tokens
+(positions the decoder attends to, media tokens included), bad_samples (this batch's skipped rows) and
+bad_samples_total (the run's, kept in the state so that it survives a resume).
 """
 from __future__ import annotations
 
@@ -86,11 +87,12 @@ def make_train_step(model, tx: optax.GradientTransformation, mask, schedule: Cal
         frozen_zeros = jax.tree_util.tree_map(jnp.zeros_like, frozen)  # ignored by set_to_zero
         updates, opt_state = tx.update(join(grads, frozen_zeros), state["opt_state"], state["params"])
         new_trainable, _ = split(optax.apply_updates(state["params"], updates))
-        new_state = {"params": join(new_trainable, frozen), "opt_state": opt_state,
-                     "step": state["step"] + 1, "rng": rng}
+        bad = batch["bad"].sum(dtype=jnp.int32) if "bad" in batch else jnp.int32(0)
+        new_state = {"params": join(new_trainable, frozen), "opt_state": opt_state, "step": state["step"] + 1,
+                     "rng": rng, "bad_samples": state["bad_samples"] + bad}
         metrics = {"loss": total / denom, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"]),
-                   "target_tokens": n, "tokens": tokens,
-                   "bad_samples": batch["bad"].sum() if "bad" in batch else jnp.int32(0)}
+                   "target_tokens": n, "tokens": tokens, "bad_samples": bad,
+                   "bad_samples_total": new_state["bad_samples"]}
         return new_state, metrics
 
     return train_step

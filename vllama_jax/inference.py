@@ -305,13 +305,14 @@ class ChatSession:
             on_tokens = _TextStreamer(tok, stream, self.model.config.decoder.eos_ids)
         out = self.model.generate(ids, media=[self.media or None], max_new_tokens=max_new_tokens,
                                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stream=on_tokens)
-        answer_ids = _until_eos(out[0], self.model.config.decoder.eos_ids)
+        answer_ids = until_eos(out[0], self.model.config.decoder.eos_ids)
         answer = tok.decode(answer_ids, skip_special_tokens=True).strip()
         self.messages.append({"role": "assistant", "content": answer})
         return answer
 
 
-def _until_eos(ids, eos_ids) -> List[int]:
+def until_eos(ids, eos_ids) -> List[int]:
+    """The generated ids before the first EOS."""
     out = []
     for t in ids.tolist():
         if t in eos_ids:

@@ -67,6 +67,7 @@ def answer_rows(model, rows, batch_size=8, max_new_tokens=128, temperature=0.0, 
     """Answers for `rows`, calling on_result(dict) per row as soon as its batch is done."""
     from tqdm import tqdm
 
+    from vllama_jax.inference import until_eos
     from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
 
     tok = model.tokenizer
@@ -103,13 +104,8 @@ def answer_rows(model, rows, batch_size=8, max_new_tokens=128, temperature=0.0, 
             mask[r, length - g[1]:] = True
         out = model.generate(ids, mask, media=[g[4] or None for g in group], max_new_tokens=max_new_tokens,
                              temperature=temperature)
-        eos = set(model.config.decoder.eos_ids)
         for g, toks in zip(group, out):
-            keep = []
-            for t in toks.tolist():
-                if t in eos:
-                    break
-                keep.append(t)
+            keep = until_eos(toks, model.config.decoder.eos_ids)
             on_result({"id": g[2]["id"], "question": g[2]["question"],
                        "answer": tok.decode(keep, skip_special_tokens=True).strip()})
         bar.update(len(group))

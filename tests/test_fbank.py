@@ -1,15 +1,29 @@
 """Kaldi fbank against the golden values of the original's preprocessing (torchaudio's
-`compliance.kaldi.fbank`, tests/data/fixtures/fbank/): a two-tone signal, white noise, and a 500-sample
-wave that makes one frame."""
+`compliance.kaldi.fbank` in float32, tests/data/fixtures/fbank/): a two-tone signal (0.3 sin 440 Hz +
+0.05 sin 3 kHz), white noise, and a 500-sample 1 kHz wave that makes one frame.
+
+Why not 1e-3 in log on every entry: the golden values were computed in float32, and a float32 FFT adds
+rounding noise of about eps * sqrt(log2 N) * ||frame|| to every bin's amplitude. In the top mel bins of a
+pure tone, 10^12 times below the frame's peak, that noise is up to ~10% of the bin's energy: the golden
+values there are the reference's own rounding (torchaudio itself, run in float32 on this machine, differs
+from them by 7e-3 in log; computed exactly, by 5e-2). So every entry must agree to 1e-3 relative in
+energy (1e-3 in log) plus ONE standard deviation of the float32 noise the golden value carries, and the
+entries where that noise is below 1e-4 (all of the white noise, the strong bins of the tones) must agree
+to 1e-3 in log outright. `test_noise_model_describes_a_float32_fft` checks that model against PyTorch's
+float32 FFT.
+"""
 import numpy as np
 import pytest
+import torch
 
 from vllama_jax.audio import fbank
 from vllama_jax.preprocess.fbank import mel_banks
 
 SIGNALS = ("tone", "noise", "short")
 TOL = 1e-3
+FFT = 512
 EPS32 = float(np.finfo(np.float32).eps)
+LOG_FLOOR = np.float32(np.log(EPS32))
 
 
 @pytest.fixture(scope="module")
@@ -17,35 +31,65 @@ def golden(fixtures_dir):
     return dict(np.load(fixtures_dir / "fbank" / "fbank.npz"))
 
 
-def float32_fft_error_bound(reference_log: np.ndarray) -> np.ndarray:
-    """(frames, 1): how far the reference's mel energies can be from exact, from its float32 FFT alone.
+def fft_noise_power(frame_energy):
+    """Variance of a float32 FFT bin's rounding error, for frames of energy ||x||^2 (any shape)."""
+    return EPS32 ** 2 * np.log2(FFT) * frame_energy
 
-    The golden values were computed in float32. A 512-point FFT in float32 puts an error of up to about
-    2 * log2(512) * eps * P into each bin's power (P the frame's power, the rounding growing by one eps
-    per radix-2 stage), and a mel energy sums at most W bins' worth of weight (the widest triangle).
-    In a bin far below P, such as the top bins of a pure tone, that is more than 1e-3 in log: torchaudio
-    itself, run here in float32, differs from these golden values by 7e-3 there.
+
+def golden_noise_std(golden_log: np.ndarray) -> np.ndarray:
+    """(frames, bins): std of the float32 rounding in each golden mel energy, from the golden values alone.
+
+    A mel energy is E = sum_k w_k |X_k|^2. Noise d_k of variance v in X_k moves it by
+    sum_k w_k (2 Re(X_k d_k*) + |d_k|^2): variance <= 4 max(w) E v + 2 v^2 sum_k w_k^2. The frame energy
+    ||x||^2 comes from Parseval (sum_k |X_k|^2 = N ||x||^2 / 2 over the half spectrum, which the mel
+    triangles cover with weights summing to ~1).
     """
-    widest = mel_banks(128, 512, 16000.0).sum(axis=0).max()
-    frame_power = np.exp(reference_log.astype(np.float64)).sum(axis=1, keepdims=True)
-    return 2 * np.log2(512) * widest * EPS32 * frame_power
+    weights = mel_banks(128, FFT, 16000.0)  # (FFT // 2 + 1, bins)
+    energy = np.exp(golden_log.astype(np.float64))
+    energy = np.where(golden_log == LOG_FLOOR, 0.0, energy)
+    v = fft_noise_power(2.0 * energy.sum(axis=1, keepdims=True) / FFT)
+    return np.sqrt(4 * weights.max(axis=0) * energy * v + 2 * v ** 2 * (weights ** 2).sum(axis=0))
 
 
 @pytest.mark.parametrize("name", SIGNALS)
 def test_fbank_matches_golden(golden, name):
-    """Energies agree to 1e-3 relative (1e-3 in log) plus the reference's own float32 rounding bound."""
     ours = fbank(golden[f"{name}_wave"])
     ref = golden[f"{name}_fbank"]
     assert ours.shape == ref.shape and ours.dtype == np.float32
+
+    floor = ref == LOG_FLOOR  # mel bins that catch no FFT bin (or silence): exactly the floor in both
+    np.testing.assert_array_equal(ours == LOG_FLOOR, floor)
+
     e_ours, e_ref = np.exp(ours.astype(np.float64)), np.exp(ref.astype(np.float64))
-    allowed = TOL * e_ref + float32_fft_error_bound(ref)
-    assert np.all(np.abs(e_ours - e_ref) <= allowed), np.max(np.abs(e_ours - e_ref) / allowed)
+    std = golden_noise_std(ref)
+    live = ~floor
+    assert np.all(std[live] <= 0.12 * e_ref[live]), "the noise model must not excuse a wrong value"
+    excess = np.abs(e_ours - e_ref) / (TOL * e_ref + std)
+    assert excess[live].max() <= 1.0, (name, excess[live].max())
+
+    exact = live & (std <= 1e-4 * e_ref)  # where the golden value is itself good to 1e-4
+    assert np.max(np.abs(ours - ref)[exact]) <= TOL
 
 
-def test_fbank_matches_golden_noise_to_1e3_in_log(golden):
-    """White noise has energy in every bin, far above float32 rounding: 1e-3 in log everywhere."""
+def test_white_noise_matches_to_1e3_in_log_everywhere(golden):
+    """White noise has energy in every bin, far above float32 rounding: 1e-3 in log on every entry."""
     ours = fbank(golden["noise_wave"])
     assert np.max(np.abs(ours - golden["noise_fbank"])) <= TOL
+
+
+def test_noise_model_describes_a_float32_fft():
+    """The rounding model above against PyTorch's float32 FFT on a loud tone frame (amplitude ~1e4,
+    the scale of 2**15-scaled audio): it must not underestimate (rms z <= 1, every bin within 4 std), nor
+    overestimate by more than 10x (rms z >= 0.1; it is ~0.2 here, the FFT alone being a part of the noise
+    of the whole float32 pipeline)."""
+    n = np.arange(400)
+    frame = 9830 * np.sin(2 * np.pi * 440 * n / 16000) * np.hanning(400)
+    exact = np.abs(np.fft.rfft(frame, FFT)) ** 2
+    f32 = torch.fft.rfft(torch.from_numpy(frame.astype(np.float32)), FFT).abs().double().numpy() ** 2
+    v = fft_noise_power(np.sum(frame.astype(np.float32).astype(np.float64) ** 2))
+    z = (f32 - exact) / np.sqrt(4 * exact * v + 2 * v ** 2)
+    assert np.max(np.abs(z)) <= 4.0
+    assert 0.1 <= np.sqrt(np.mean(z ** 2)) <= 1.0
 
 
 def test_one_frame(golden):
@@ -57,7 +101,7 @@ def test_one_frame(golden):
 
 
 def test_silence_is_the_log_floor():
-    assert np.all(fbank(np.zeros(16000)) == np.float32(np.log(EPS32)))
+    assert np.all(fbank(np.zeros(16000)) == LOG_FLOOR)
 
 
 @pytest.mark.parametrize("length", [0, 1, 399])

@@ -295,3 +295,18 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(video_ops.VideoError, match="a.txt"):
         p.video(folder)
     assert os.path.exists(bad)  # nothing deleted or moved
+
+
+def test_one_frame_per_second_when_num_frames_is_none(media_dir, tmp_path):
+    # The original's num_frames=None: step int(fps) frames, starting half a step in.
+    assert video_ops.sample_indices(100, 25.0, None) == [12, 37, 62, 87]
+    assert video_ops.sample_indices(300, 29.97, None) == list(range(14, 300, 29))  # fps floored to 29
+    assert video_ops.sample_indices(10, 25.0, None) == [5]  # shorter than a second: its middle frame
+    assert video_ops.sample_indices(40, 3.0, None, start=2.0, end=5.0) == [6, 9, 12]  # frames 5..14
+    assert len(video_ops.sample_indices(3000, 30.0, None)) == video_ops.MAX_FRAMES  # 100 s -> 32 frames
+
+    path = tmp_path / "four_seconds.mp4"
+    _write_mp4(path, _coloured_frames(40), fps=10)
+    p = Processor.from_pretrained(PROCESSORS["clip336"], num_frames=None)
+    decoded = _decode_all(path)
+    np.testing.assert_array_equal(p.video(path), p.frames_to_pixels([decoded[i] for i in [5, 15, 25, 35]]))

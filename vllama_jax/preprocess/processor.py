@@ -30,17 +30,19 @@ ASPECT_RATIOS = (None, "square", "pad")
 class Processor:
     """Pre-processing of one vision tower: frame sampling, optional padding to square, resize, normalise."""
 
-    def __init__(self, config: ImageProcessorConfig, num_frames: int = 8, aspect_ratio: Optional[str] = None):
+    def __init__(self, config: ImageProcessorConfig, num_frames: Optional[int] = 8,
+                 aspect_ratio: Optional[str] = None):
+        """`num_frames=None` samples one frame a second, as the original does then (up to 32 frames)."""
         if aspect_ratio not in ASPECT_RATIOS:
             raise ValueError(f"aspect_ratio must be one of {ASPECT_RATIOS}, got {aspect_ratio!r}")
-        if num_frames < 1:
+        if num_frames is not None and num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
         self.config = config
         self.num_frames = num_frames
         self.aspect_ratio = "pad" if aspect_ratio == "pad" else None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, num_frames: int = 8, aspect_ratio: Optional[str] = None) -> "Processor":
+    def from_pretrained(cls, name_or_path: str, num_frames: Optional[int] = 8, aspect_ratio: Optional[str] = None) -> "Processor":
         """From a vision tower folder (its `preprocessor_config.json`), a VideoLLaMA 2 checkpoint folder
         (the tower its `config.json` names in `mm_vision_tower`), or a known hub id (built in)."""
         return cls(_find_config(os.fspath(name_or_path)), num_frames=num_frames, aspect_ratio=aspect_ratio)
@@ -58,7 +60,9 @@ class Processor:
         return self._pixels(video_ops.pad_clip(frames, self.num_frames))
 
     def video(self, path, start: Optional[float] = None, end: Optional[float] = None) -> np.ndarray:
-        """A video file, GIF or folder of frames -> (num_frames, 3, H, W) float32 (see video.py)."""
+        """A video file, GIF or folder of frames -> (num_frames, 3, H, W) float32 (see video.py).
+
+        With num_frames=None: (T, 3, H, W), one frame per second of the clip, T <= 32."""
         frames = video_ops.read_clip(os.fspath(path), self.num_frames, start, end)
         return self._pixels(video_ops.pad_clip(frames, self.num_frames))
 

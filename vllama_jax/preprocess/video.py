@@ -1,6 +1,7 @@
 """Video decoding (PyAV) and the original's frame sampling.
 
     read_clip(path, num_frames, start=None, end=None) -> list of (H, W, 3) uint8 RGB frames
+    read_clip(path, None, ...)                          -> one frame per second (at most MAX_FRAMES)
 
 A source is a video file (mp4, mkv, webm, avi, ... anything FFmpeg reads), a GIF, or a folder of frame
 images (taken in sorted file-name order). Sampling follows VideoLLaMA 2's `process_video`:
@@ -12,6 +13,8 @@ images (taken in sorted file-name order). Sampling follows VideoLLaMA 2's `proce
    (duration - 1) frames, rounded half up. A range shorter than `num_frames` repeats frames; only a
    GIF, whose reader keeps each selected frame once, gives fewer frames, and `pad_clip` then appends
    black frames.
+   With `num_frames=None` the original samples by time instead: one frame in the middle of every
+   int(fps)-frame second of the range (a clip as long as the video in seconds, at most MAX_FRAMES).
 
 The frame count of a video file is its number of video packets and frame i is the i-th in
 presentation order, which is how the original's decoder (decord) indexes frames. Frames are reached by
@@ -32,6 +35,7 @@ from vllama_jax.preprocess.image import to_rgb
 GIF_FPS = 25  # the original reads GIFs with this fixed rate
 FOLDER_FPS = 3  # and folders of frames with this one
 MAX_FRAMES = 32  # the original never returns more frames than this
+FRAMES_PER_SECOND = 1  # the rate of the original's time-based sampling (num_frames=None)
 
 
 class VideoError(ValueError):
@@ -53,6 +57,18 @@ def uniform_indices(duration: int, num_frames: int) -> np.ndarray:
     return np.round(np.asarray(mids) + 1e-6).astype(int)
 
 
+def per_second_indices(duration: int, fps: float) -> np.ndarray:
+    """Positions in [0, duration) one second apart: the middle frame of each int(fps)-frame second.
+
+    A range shorter than a second gives its middle frame. The rate is floored as the original floors
+    it (fps // 1), so a 29.97 fps video steps by 29 frames.
+    """
+    step = int(min(fps // FRAMES_PER_SECOND, duration))
+    if step < 1:  # a source slower than one frame a second: every frame
+        step = 1
+    return np.arange(step // 2, duration, step, dtype=int)
+
+
 def frame_range(total: int, fps: float, start: Optional[float] = None, end: Optional[float] = None) -> range:
     """The frames between `start` and `end` seconds, as the original's `process_video` selects them."""
     if start is not None and end is not None:
@@ -66,24 +82,26 @@ def frame_range(total: int, fps: float, start: Optional[float] = None, end: Opti
     return range(first, last + 1)
 
 
-def sample_indices(total: int, fps: float, num_frames: int, start: Optional[float] = None,
+def sample_indices(total: int, fps: float, num_frames: Optional[int], start: Optional[float] = None,
                    end: Optional[float] = None) -> List[int]:
-    """Frame indices of a `total`-frame source at `fps` for a clip of `num_frames`."""
+    """Frame indices of a `total`-frame source at `fps` for a clip of `num_frames` (None: one a second)."""
     frames = frame_range(total, fps, start, end)
     if len(frames) == 0:
         raise ValueError(f"start={start} s, end={end} s select no frames of {total} at {fps:.3f} fps")
+    if num_frames is None:
+        return [frames[i] for i in per_second_indices(len(frames), fps)][:MAX_FRAMES]
     return [frames[i] for i in uniform_indices(len(frames), num_frames)]
 
 
-def pad_clip(frames: List[np.ndarray], num_frames: int) -> List[np.ndarray]:
-    """Append black frames up to `num_frames`, then keep at most MAX_FRAMES, as the original does.
+def pad_clip(frames: List[np.ndarray], num_frames: Optional[int]) -> List[np.ndarray]:
+    """Append black frames up to `num_frames` (None: none), then keep at most MAX_FRAMES, as the original does.
 
     The original builds its black frame as zeros of shape (W, H, 3) from the last frame's PIL size
     (W, H): width and height swapped. It only matters with the "pad" aspect ratio, where the black
     area then lies across the square canvas the other way; kept so that padded clips match.
     """
     frames = list(frames)
-    while frames and len(frames) < num_frames:
+    while frames and num_frames is not None and len(frames) < num_frames:
         h, w = frames[-1].shape[:2]
         frames.append(np.zeros((w, h, 3), np.uint8))
     return frames[:MAX_FRAMES]
@@ -261,7 +279,7 @@ def open_source(path: str):
     return VideoFileSource(path)
 
 
-def read_clip(path: str, num_frames: int, start: Optional[float] = None,
+def read_clip(path: str, num_frames: Optional[int], start: Optional[float] = None,
               end: Optional[float] = None) -> List[np.ndarray]:
     """The sampled frames of a video source, (H, W, 3) uint8 each, not yet padded (see `pad_clip`)."""
     source = open_source(path)

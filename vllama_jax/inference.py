@@ -85,6 +85,20 @@ def media_batch(samples: Sequence[Optional[dict]], config: C.VideoLLaMA2Config, 
     return out
 
 
+def load_tokenizer(folder: str):
+    """The tokenizer of a checkpoint folder (transformers' AutoTokenizer; no model weights are read)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # transformers warns that config.json's videollama2_* model_type is unknown to it: expected here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def _bucket(n: int, size: int) -> int:
     return -(-n // size) * size
 
@@ -111,14 +125,14 @@ class VideoLLaMA2Model:
     @classmethod
     def from_pretrained(cls, path: str, dtype=jnp.float32, num_frames: Optional[int] = None,
                         aspect_ratio: Optional[str] = None, compilation_cache: bool = True,
-                        max_context: Optional[int] = None):
-        from vllama_jax.checkpoints.hf_files import read_state_dict
-        from vllama_jax.loading import load_videollama2_config, videollama2_params
+                        max_context: Optional[int] = None, base: Optional[str] = None):
+        from vllama_jax.loading import has_tokenizer, load_videollama2_config, videollama2_params, videollama2_state_dict
 
         if compilation_cache:
             enable_compilation_cache()
         cfg, vision_folder, raw = load_videollama2_config(path)
-        params = videollama2_params(cfg, read_state_dict(path), path, vision_folder)
+        state_dict, tokenizer_folder = videollama2_state_dict(path, base)  # `base`: of a LoRA folder
+        params = videollama2_params(cfg, state_dict, path, vision_folder)
         params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
         if num_frames is not None and num_frames != cfg.num_frames:
             log.warning("num_frames %d differs from the %d the checkpoint was trained with: the connector gives "
@@ -126,17 +140,8 @@ class VideoLLaMA2Model:
                         num_video_tokens(cfg, num_frames), num_video_tokens(cfg))
             cfg = dataclasses.replace(cfg, num_frames=num_frames)
         tokenizer = None
-        if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model",
-                                                                 "tokenizer_config.json")):
-            from transformers import AutoTokenizer
-            from transformers.utils import logging as hf_logging
-            # transformers warns that config.json's videollama2_* model_type is unknown to it: expected here.
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            finally:
-                hf_logging.set_verbosity(verbosity)
+        if has_tokenizer(tokenizer_folder):
+            tokenizer = load_tokenizer(tokenizer_folder)
         processor = None
         if cfg.vision is not None:
             try:

@@ -5,6 +5,7 @@ What `path` may be, decided by its `config.json` `model_type` (or the file suffi
     mistral, qwen2, mixtral                          -> Part (a decoder: logits of input_ids)
     clip_vision_model, siglip_vision_model (or clip / siglip with a vision_config) -> Part (a vision tower)
     a BEATs `.pt` file                               -> Part (BEATs: features of an fbank)
+    a LoRA fine-tune folder (adapter_config.json)    -> merged in memory with its base: `load(path, base=DIR)`
 
 Resolving a VideoLLaMA 2 folder's parts:
     vision tower  config (+ image processor) from the folder named by `mm_vision_tower` (absolute, relative to
@@ -182,6 +183,23 @@ def videollama2_params(cfg: C.VideoLLaMA2Config, state_dict, source: str, vision
         if got != want:
             raise CheckpointError(f"{source}: the '{name}' part does not have the model's shapes")
     return params
+
+
+def videollama2_state_dict(path: str, base: Optional[str] = None):
+    """(state dict under release names, folder of its tokenizer) of a VideoLLaMA 2 folder; a LoRA fine-tune
+    folder (checkpoints/lora.py) is merged with its base model in memory."""
+    from vllama_jax.checkpoints.lora import is_lora_folder, merge_lora_folder
+    if is_lora_folder(path):
+        merged = merge_lora_folder(path, base)
+        return merged.state_dict, path if has_tokenizer(path) else merged.base
+    if base is not None:
+        raise ValueError(f"{path}: base={base} is for LoRA folders (with an adapter_config.json); this one has none")
+    return read_state_dict(path), path
+
+
+def has_tokenizer(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer.model",
+                                                                  "tokenizer_config.json"))
 
 
 def load_videollama2_config(path: str):

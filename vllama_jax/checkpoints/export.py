@@ -1,6 +1,6 @@
 """Write a VideoLLaMA 2 checkpoint folder in the release layout (original key names), atomically.
 
-    save_videollama2(folder, config, params, tokenizer=None, processor_config=None)
+    save_videollama2(folder, config, params, tokenizer=None, dtype=np.float32)
 
 writes `config.json` (the original's fields), `model.safetensors` (decoder `model.*` / `lm_head.*`, the
 vision tower under `model.vision_tower.vision_tower.vision_model.*`, `model.mm_projector.*`, and for
@@ -59,9 +59,12 @@ def processor_config(vision: C.VisionConfig) -> dict:
     return {**SIGLIP_PROCESSOR, "size": {"height": vision.image_size, "width": vision.image_size}}
 
 
-def save_videollama2(folder: str, cfg: C.VideoLLaMA2Config, params, tokenizer=None) -> str:
+def save_videollama2(folder: str, cfg: C.VideoLLaMA2Config, params, tokenizer=None, dtype=np.float32) -> str:
+    """`dtype`: of the weights written (float32, or bfloat16 / ml_dtypes.bfloat16 for half the size)."""
+    import ml_dtypes  # noqa: F401  (gives numpy the "bfloat16" dtype name)
     from safetensors.numpy import save_file
 
+    dtype = np.dtype(dtype)
     folder = os.path.abspath(folder)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
@@ -81,10 +84,11 @@ def save_videollama2(folder: str, cfg: C.VideoLLaMA2Config, params, tokenizer=No
             # The BEATs config normally comes from the .pt that mm_audio_tower names; carry it inline too.
             raw["mm_audio_tower"] = cfg.audio_tower_name or "BEATs.pt"
             raw["audio_tower_config"] = cfg.audio.to_hf_config()
+        raw["torch_dtype"] = dtype.name
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(raw, f, indent=2)
         state = to_state_dict(params, videollama2_key_map(cfg))
-        save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state.items()},
+        save_file({k: np.ascontiguousarray(np.asarray(v).astype(dtype)) for k, v in state.items()},
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

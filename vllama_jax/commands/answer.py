@@ -63,54 +63,72 @@ def media_kind(row):
     return "text"
 
 
-def answer_rows(model, rows, batch_size=8, max_new_tokens=128, temperature=0.0, on_result=None):
-    """Answers for `rows`, calling on_result(dict) per row as soon as its batch is done."""
+def answer_rows(model, rows, batch_size=8, max_new_tokens=128, temperature=0.0, on_result=None, progress=True):
+    """Answers for `rows`, calling on_result(dict) per row as soon as its batch is done.
+    `progress=False`: no progress bar of its own (a caller feeding rows in chunks shows one overall).
+
+    Prompts are tokenized up front (cheap) to group the rows; media are decoded batch by batch, so memory
+    holds one batch of videos however many rows there are."""
     from tqdm import tqdm
 
-    from vllama_jax.inference import until_eos
     from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
 
     tok = model.tokenizer
     family = model.config.decoder.family
-    prepared = []
+    prompts = []
     for row in rows:
         kind = media_kind(row)
-        try:
-            media = model.load_media(video=row.get("video"), image=row.get("image"),
-                                     audio=True if row.get("av") else row.get("audio"),
-                                     start=row.get("start"), end=row.get("end"))
-        except Exception as e:  # an unreadable file: an error row, the run goes on
-            on_result({"id": row["id"], "question": row["question"], "error": f"{type(e).__name__}: {e}"})
-            continue
         modal = kind.split("+")[0] if kind != "text" else None
         # build_prompt puts the modal tag (or, for text alone, the newline) in front, as the original does.
-        prompt = build_prompt([{"role": "user", "content": row["question"]}], family, tok, modal)
-        ids = tokenize_multimodal(prompt, tok)
-        prepared.append((kind, len(ids), row, ids, media))
+        ids = tokenize_multimodal(build_prompt([{"role": "user", "content": row["question"]}], family, tok, modal), tok)
+        prompts.append((kind, len(ids), row, ids))
     # Group by media kind, then by length, so a batch shares one compiled program and little padding.
-    prepared.sort(key=lambda x: (x[0], x[1]))
-    bar = tqdm(total=len(prepared), desc="answering", unit="q")
+    prompts.sort(key=lambda x: (x[0], x[1]))
+    bar = tqdm(total=len(prompts), desc="answering", unit="q", disable=not progress)
     i = 0
-    while i < len(prepared):
+    while i < len(prompts):
         j = i
-        while j < len(prepared) and j - i < batch_size and prepared[j][0] == prepared[i][0]:
+        while j < len(prompts) and j - i < batch_size and prompts[j][0] == prompts[i][0]:
             j += 1
-        group = prepared[i:j]
-        length = max(g[1] for g in group)
-        ids = np.zeros((len(group), length), np.int64)
-        mask = np.zeros((len(group), length), bool)
-        for r, g in enumerate(group):  # left padding
-            ids[r, length - g[1]:] = g[3]
-            mask[r, length - g[1]:] = True
-        out = model.generate(ids, mask, media=[g[4] or None for g in group], max_new_tokens=max_new_tokens,
-                             temperature=temperature)
-        for g, toks in zip(group, out):
-            keep = until_eos(toks, model.config.decoder.eos_ids)
-            on_result({"id": g[2]["id"], "question": g[2]["question"],
-                       "answer": tok.decode(keep, skip_special_tokens=True).strip()})
-        bar.update(len(group))
+        batch = []
+        for _, _, row, ids in prompts[i:j]:
+            media = _load_media(model, row, on_result)
+            if media is not False:
+                batch.append((row, ids, media))
+        if batch:
+            _answer_batch(model, batch, max_new_tokens, temperature, on_result)
+        bar.update(j - i)
         i = j
     bar.close()
+
+
+def _load_media(model, row, on_result):
+    """The row's decoded media (None for text), or False after reporting an error row for an unreadable file."""
+    try:
+        return model.load_media(video=row.get("video"), image=row.get("image"),
+                                audio=True if row.get("av") else row.get("audio"),
+                                start=row.get("start"), end=row.get("end"))
+    except Exception as e:  # an unreadable file: an error row, the run goes on
+        on_result({"id": row["id"], "question": row["question"], "error": f"{type(e).__name__}: {e}"})
+        return False
+
+
+def _answer_batch(model, batch, max_new_tokens, temperature, on_result):
+    """One left-padded generate call for [(row, token ids, media)]."""
+    from vllama_jax.inference import until_eos
+
+    length = max(len(ids) for _, ids, _ in batch)
+    input_ids = np.zeros((len(batch), length), np.int64)
+    mask = np.zeros((len(batch), length), bool)
+    for r, (_, ids, _) in enumerate(batch):
+        input_ids[r, length - len(ids):] = ids
+        mask[r, length - len(ids):] = True
+    out = model.generate(input_ids, mask, media=[m or None for _, _, m in batch], max_new_tokens=max_new_tokens,
+                         temperature=temperature)
+    for (row, _, _), toks in zip(batch, out):
+        keep = until_eos(toks, model.config.decoder.eos_ids)
+        on_result({"id": row["id"], "question": row["question"],
+                   "answer": model.tokenizer.decode(keep, skip_special_tokens=True).strip()})
 
 
 def main(args) -> int:

@@ -1,0 +1,89 @@
+"""`vllama-jax convert --from SRC --to DST [--base DIR] [--dtype float32|bfloat16] [--step N]`: write SRC as
+a VideoLLaMA 2 checkpoint in the release layout (checkpoints/export.py), loadable by `vllama_jax.load` and,
+by its key names, by the original PyTorch code.
+
+What SRC may be:
+    a LoRA fine-tune folder    the original's `--lora_enable` output (adapter_config.json, adapter_model.*,
+                               non_lora_trainables.bin): merged into its base model (checkpoints/lora.py);
+                               the base is `--base`, else the `_name_or_path` its config.json records
+    a `vllama-jax train` run   its output_dir (Orbax checkpoints): the latest step's params, or `--step N`; the
+                               model config from the run's config.yaml, the tokenizer from its data.tokenizer
+    a release-layout folder    re-written, e.g. in bfloat16 (half the size)
+
+Arrays stay in host memory (numpy) throughout: nothing is compiled and no accelerator is needed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+HELP = "LoRA folder / training run / checkpoint -> a release-layout VideoLLaMA 2 checkpoint"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p):
+    p.add_argument("--from", dest="src", required=True,
+                   help="a LoRA fine-tune folder, a `vllama-jax train` output_dir, or a VideoLLaMA 2 checkpoint folder")
+    p.add_argument("--to", dest="dst", required=True, help="the folder to write (replaced atomically if it exists)")
+    p.add_argument("--base", default=None, help="LoRA: the base model folder (default: the one its config.json names)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="of the weights written")
+    p.add_argument("--step", type=int, default=None, help="training run: the checkpoint step (default: the latest)")
+
+
+def _tokenizer(folder: Optional[str]):
+    """The tokenizer saved in `folder`, or None when it has none."""
+    from vllama_jax.inference import load_tokenizer
+    from vllama_jax.loading import has_tokenizer
+    return load_tokenizer(folder) if folder and has_tokenizer(folder) else None
+
+
+def from_folder(src: str, base: Optional[str] = None):
+    """(config, params, tokenizer) of a release-layout or LoRA folder."""
+    from vllama_jax.loading import load_videollama2_config, videollama2_params, videollama2_state_dict
+    cfg, vision_folder, _ = load_videollama2_config(src)
+    state_dict, tokenizer_folder = videollama2_state_dict(src, base)
+    return cfg, videollama2_params(cfg, state_dict, src, vision_folder), _tokenizer(tokenizer_folder)
+
+
+def from_run(run_dir: str, step: Optional[int] = None):
+    """(config, params, tokenizer) of a training run's checkpoint."""
+    import jax
+
+    from vllama_jax.checkpoints.orbax import read_run_params
+    from vllama_jax.train.config import load_train_config
+    config_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(config_path):
+        raise SystemExit(f"{run_dir}: a training run's output_dir holds the config.yaml the run wrote; none here")
+    train_cfg = load_train_config(config_path)
+    params = jax.device_get(read_run_params(run_dir, step=step))
+    # The run read its tokenizer from data.tokenizer, else from the checkpoint it started from.
+    return train_cfg.model.resolve(), params, _tokenizer(train_cfg.data.tokenizer or train_cfg.init.checkpoint)
+
+
+def convert(src: str, dst: str, base: Optional[str] = None, dtype: str = "float32", step: Optional[int] = None) -> str:
+    from vllama_jax.checkpoints.export import save_videollama2
+    from vllama_jax.checkpoints.orbax import is_run_dir
+    if is_run_dir(src):
+        if base is not None:
+            raise SystemExit(f"{src}: --base is for LoRA folders; this is a training run")
+        cfg, params, tokenizer = from_run(src, step)
+    else:
+        if step is not None:
+            raise SystemExit(f"{src}: --step is for training runs; this is a checkpoint folder")
+        cfg, params, tokenizer = from_folder(src, base)
+    if tokenizer is None:
+        log.warning("%s: no tokenizer found; %s will hold weights and config only", src, dst)
+    return save_videollama2(dst, cfg, params, tokenizer, dtype=dtype)
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        folder = convert(args.src, args.dst, base=args.base, dtype=args.dtype, step=args.step)
+    except (ValueError, FileNotFoundError) as e:  # checkpoint / config errors name the file and key
+        raise SystemExit(f"convert: {e}")
+    size = os.path.getsize(os.path.join(folder, "model.safetensors"))
+    print(f"wrote {folder} ({size / 2 ** 20:.1f} MiB of {args.dtype} weights)")
+    return 0

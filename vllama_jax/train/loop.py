@@ -12,18 +12,20 @@ SIGTERM (a preemption notice), the loop saves at the end of the current step and
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import signal
 import sys
 import time
-from typing import Dict
+from typing import Any, Callable, Dict
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipelines.from_config import train_data
@@ -71,12 +73,56 @@ def total_steps(cfg: TrainConfig, num_rows: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * num_rows / cfg.train.global_batch_size))
 
 
-def _check_batch_split(cfg: TrainConfig, mesh) -> None:
+def check_batch_split(cfg: TrainConfig, mesh) -> None:
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = cfg.train.global_batch_size // cfg.train.grad_accum
     if micro % batch_devices:
         raise ValueError(f"a micro-batch of {micro} samples (train.global_batch_size / train.grad_accum) does not "
                          f"split over the {batch_devices} devices of the mesh's data x fsdp axes")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """A phase's model, optimizer and jitted train step on a mesh: what `train` runs, and what `plan`
+    compiles for a TPU topology it does not have (vllama_jax/train/plan.py)."""
+
+    model: VideoLLaMA2
+    boxed: Any  # abstract params, boxed with their logical axis names
+    mask: Any  # like the params: True where a param trains
+    tx: optax.GradientTransformation
+    shardings: Dict[str, Any]  # of the train state
+    batch_sharding: NamedSharding
+    step: Callable  # (state, batch) -> (state, metrics); the state is donated
+    matmul_params: Dict[str, int]  # per top-level part, for the FLOPs estimate
+
+    def seq_len(self, text_len: int) -> int:
+        """L', the length the decoder sees: `text_len` with the placeholder replaced by the media tokens."""
+        cfg = self.model.config
+        return text_len - 1 + num_video_tokens(cfg) + num_audio_tokens(cfg, 2998)
+
+    def step_flops(self, batch_size: int, text_len: int) -> float:
+        """Estimated FLOPs of one step over `batch_size` samples padded to `text_len` text tokens."""
+        trains = {part: any(jax.tree_util.tree_leaves(sub)) for part, sub in self.mask.items()}
+        return train_step_flops(self.model.config, self.matmul_params, trains, batch_size, self.seq_len(text_len))
+
+
+def train_program(cfg: TrainConfig, model_cfg, mesh, steps: int) -> TrainProgram:
+    """Build (without allocating anything) the model, optimizer and train step of phase `cfg` on `mesh`."""
+    model = VideoLLaMA2(model_cfg, dtype=jnp.dtype(cfg.model.dtype), param_dtype=jnp.float32,
+                        remat_policy=cfg.model.remat)
+    boxed = boxed_abstract_params(model, dummy_batch(model_cfg))
+    check_patterns(nn.unbox(boxed), cfg.optimizer.trainable)
+    mask = trainable_mask(nn.unbox(boxed), cfg.optimizer.trainable)
+    tx = make_optimizer(cfg.optimizer, steps, mask)
+    shardings = state_shardings(boxed, tx, mesh)
+    batch_sh = batch_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = jax.jit(
+        make_train_step(model, tx, mask, lr_schedule(cfg.optimizer.learning_rate, steps, cfg.optimizer.warmup_ratio),
+                        cfg.train.grad_accum, batch_spec=batch_sh.spec),
+        in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated), donate_argnums=0,
+        compiler_options=cfg.train.compiler_options())
+    return TrainProgram(model, boxed, mask, tx, shardings, batch_sh, step, matmul_params(nn.unbox(boxed)))
 
 
 def _agree_on_length(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -92,10 +138,8 @@ def train(cfg: TrainConfig) -> Dict[int, float]:
     """Run (or resume) the phase `cfg` describes; returns {step: loss} of the steps this call ran."""
     process_index, process_count = jax.process_index(), jax.process_count()
     model_cfg = cfg.model.resolve()
-    model = VideoLLaMA2(model_cfg, dtype=jnp.dtype(cfg.model.dtype), param_dtype=jnp.float32,
-                        remat_policy=cfg.model.remat)
     mesh = make_mesh(cfg.mesh.axes())
-    _check_batch_split(cfg, mesh)
+    check_batch_split(cfg, mesh)
     data = train_data(cfg, model_cfg, process_index, process_count)
     steps = total_steps(cfg, data.num_rows)
 
@@ -108,33 +152,19 @@ def train(cfg: TrainConfig) -> Dict[int, float]:
         iterator = data.iterator(start)  # batch k is the k-th element: the step is the position
     iterator.start_prefetch()
 
-    example = dummy_batch(model_cfg)
-    boxed = boxed_abstract_params(model, example)
-    mask = trainable_mask(nn.unbox(boxed), cfg.optimizer.trainable)
-    check_patterns(nn.unbox(boxed), cfg.optimizer.trainable)
-    tx = make_optimizer(cfg.optimizer, steps, mask)
-    shardings = state_shardings(boxed, tx, mesh)
+    program = train_program(cfg, model_cfg, mesh, steps)
+    shardings = program.shardings
     if start:
-        state = ckpt.restore(start, abstract_state(boxed, tx, shardings))
+        state = ckpt.restore(start, abstract_state(program.boxed, program.tx, shardings))
         log.info("resumed %s at step %d", cfg.output_dir, start)
     else:
         options = cfg.train.compiler_options()
-        params = initial_params(cfg.init, model, example, boxed, mesh, cfg.train.seed, options)
-        state = new_state(params, tx, shardings, cfg.train.seed, options)
-
-    batch_sh = batch_sharding(mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    step_fn = jax.jit(
-        make_train_step(model, tx, mask, lr_schedule(cfg.optimizer.learning_rate, steps, cfg.optimizer.warmup_ratio),
-                        cfg.train.grad_accum, batch_spec=batch_sh.spec),
-        in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated), donate_argnums=0,
-        compiler_options=cfg.train.compiler_options())
-
+        params = initial_params(cfg.init, program.model, dummy_batch(model_cfg), program.boxed, mesh,
+                                cfg.train.seed, options)
+        state = new_state(params, program.tx, shardings, cfg.train.seed, options)
+    step_fn = program.step
     # For MFU: the FLOPs of a step depend on the text bucket, so they are computed per logged step.
-    counts = matmul_params(nn.unbox(boxed))
-    trains = {part: any(jax.tree_util.tree_leaves(sub)) for part, sub in mask.items()}
     peak = peak_flops(jax.devices()[0].device_kind)
-    media_tokens = num_video_tokens(model_cfg) + num_audio_tokens(model_cfg, 2998)
 
     writer = MetricsWriter(cfg.output_dir, enabled=process_index == 0)
     if process_index == 0:
@@ -153,7 +183,7 @@ def train(cfg: TrainConfig) -> Dict[int, float]:
         m = jax.device_get(metrics)  # waits for the step
         now = time.perf_counter()
         dt, last = now - last, now
-        flops = train_step_flops(model_cfg, counts, trains, cfg.train.global_batch_size, length - 1 + media_tokens)
+        flops = program.step_flops(cfg.train.global_batch_size, length)
         row = {"loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                "tokens": float(m["tokens"]), "tokens_per_s": float(m["tokens"]) / dt, "step_time_s": dt,
                "mfu": flops / (dt * jax.device_count() * peak) if peak else None,

@@ -5,17 +5,19 @@ import logging
 
 import numpy as np
 import pytest
-from test_fbank import float32_fft_error_bound
+from test_fbank import golden_noise_std, mel_noise_std
 
 from vllama_jax.audio import AudioError, audio_features, load_audio
 from vllama_jax.preprocess.audio import clip_bounds
+from vllama_jax.preprocess.fbank import PREEMPHASIS, povey_window
 
 LEFT_HZ, RIGHT_HZ = 440.0, 1000.0
 RATE = 44100
 SECONDS = 1.5
 LOG_FLOOR = np.float32(np.log(np.finfo(np.float32).eps))
-# file -> (key prefix in expected_audio.npz, whether the original computed that fbank in float32: it
-# does for a video's track, read as float32; a sound file comes out of soundfile as float64)
+# file -> (key prefix in expected_audio.npz, whether the sound is a video's track: the original decoded it
+# with its ffmpeg binary to 16-bit samples and computed the fbank in float32; a sound file came out of
+# soundfile as float64)
 REAL_MEDIA = {
     "door.of.bar.raining2.wav": ("door_of_bar_raining2_wav", False),
     "sample_demo_3.mp4": ("sample_demo_3_mp4", True),
@@ -147,23 +149,42 @@ def expected(media_dir):
     return dict(np.load(media_dir / "expected_audio.npz"))
 
 
+def int16_rounding_std(ref_log: np.ndarray) -> np.ndarray:
+    """(frames, bins): std of a mel energy when two decoders' 16-bit samples round differently.
+
+    The original's samples of a video's track come from its ffmpeg binary (AAC decoder + libswresample,
+    then pcm_s16le), ours from PyAV's build of the same libraries: where their float outputs differ in the
+    last bits, a sample rounds to the neighbouring 16-bit value. Bound: every sample's rounding independent,
+    variance 1/12 LSB^2 (1 LSB is 1.0 after the 2**15 scaling), through pre-emphasis (gain <= 1.97) and
+    the Povey window into each FFT bin. It matters only near the 16-bit noise floor of the sound.
+    """
+    window = povey_window(400)
+    return mel_noise_std(ref_log, (1 / 12) * np.sum(window ** 2) * (1 + PREEMPHASIS) ** 2)
+
+
 @pytest.mark.parametrize("name", list(REAL_MEDIA))
 def test_reproduces_the_original(media_dir, expected, name):
     """The original cast its fbank to bfloat16, and so do we: where our fbank (float64) and the
     original's fall on either side of a bfloat16 rounding boundary, they round one step apart. For a
-    video's track the original computed in float32, whose FFT rounding moves a low-energy bin's log
-    by up to the bound of test_fbank (the golden fbank values show the same). The samples themselves
-    agree: the wav's resampler is the original's (scipy's FFT resampler), and the mp4's is the same
-    library as the original's ffmpeg binary (libswresample, through PyAV)."""
-    prefix, original_in_float32 = REAL_MEDIA[name]
+    video's track the original computed in float32 (one std of test_fbank's rounding model) on 16-bit
+    samples of another FFmpeg build: the rare values where a sample rounded the other way must be
+    within `int16_rounding_std`. The wav's resampler is the original's (scipy's FFT resampler): there
+    only the bfloat16 rounding differs."""
+    prefix, from_video_track = REAL_MEDIA[name]
     ours = audio_features(str(media_dir / name))
     ref = expected[f"{prefix}__audio_full"].astype(np.float32)  # bf16 values, stored as float16
     assert ours.shape == ref.shape == (2998, 128)
-    allowed = bf16_spacing(ref)
-    if original_in_float32:
-        allowed = allowed + np.log1p(float32_fft_error_bound(ref) / np.exp(ref.astype(np.float64)))
-    assert np.all(np.abs(ours - ref) <= allowed)
     assert np.mean(ours == ref) > 0.999  # almost every value is the same bfloat16 number
+    error, allowed = np.abs(ours - ref), bf16_spacing(ref)
+    if not from_video_track:
+        assert np.all(error <= allowed)
+        return
+    energy = np.exp(ref.astype(np.float64))
+    allowed = allowed + np.log1p(golden_noise_std(ref) / energy)
+    # A 16-bit rounding difference shows in few values (one here): those within its bound.
+    beyond = error > allowed
+    assert beyond.mean() <= 1e-4, beyond.sum()
+    assert np.all(error[beyond] <= (allowed + np.log1p(int16_rounding_std(ref) / energy))[beyond])
 
 
 def test_silent_video_has_the_length_of_the_video(media_dir, expected):

@@ -28,6 +28,7 @@ from vllama_jax.config import TINY_DECODERS, DecoderConfig  # noqa: E402
 from vllama_jax.loading import decoder_module, decoder_params, load_videollama2_config  # noqa: E402
 
 from conftest import FIXTURES  # noqa: E402
+from hf_reference import hf_logits, left_padded_batch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = FIXTURES / "v_mistral_clip_stc"
@@ -66,20 +67,6 @@ def _wrap_lora(model, seed=1, **lora):
     return wrapped.eval()
 
 
-def _inputs(vocab):
-    ids = np.random.default_rng(0).integers(3, vocab, size=(2, 9))
-    mask = np.ones(ids.shape, bool)
-    mask[1, :3] = False  # left padding
-    return ids, mask
-
-
-def _torch_logits(model, ids, mask):
-    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)),
-                     position_ids=torch.tensor(pos)).logits.numpy()
-
-
 def _our_logits(cfg: DecoderConfig, params, ids, mask):
     with jax.default_matmul_precision("highest"):
         logits, _ = decoder_module(cfg).apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
@@ -99,10 +86,10 @@ def test_merge_equals_peft_merge_and_unload(tmp_path, family, lora):
     if lora.get("bias") == "all":  # trained biases travel in the adapter file
         _randomize(wrapped, 2, match=lambda name: name.endswith("bias"))
     wrapped.save_pretrained(tmp_path / "lora")
-    ids, mask = _inputs(base.config.vocab_size)
+    ids, mask = left_padded_batch(base.config.vocab_size)
     with wrapped.disable_adapter():
-        unmerged = _torch_logits(wrapped, ids, mask)
-    want = _torch_logits(wrapped.merge_and_unload(), ids, mask)
+        unmerged = hf_logits(wrapped, ids, mask)
+    want = hf_logits(wrapped.merge_and_unload(), ids, mask)
 
     cfg = TINY_DECODERS[family]
     merged = merge_lora_folder(str(tmp_path / "lora"), base=str(tmp_path / "base"))
@@ -142,8 +129,8 @@ def lora_videollama2(tmp_path_factory):
     torch.save({"base_model.model." + k: torch.tensor(v) for k, v in connector.items()}, lora / "non_lora_trainables.bin")
     (lora / "config.json").write_text(json.dumps({**raw, "_name_or_path": str(root / "base"),
                                                   "mm_vision_tower": str(TOWER)}))
-    ids, mask = _inputs(raw["vocab_size"])
-    reference = _torch_logits(wrapped.merge_and_unload(), ids, mask)
+    ids, mask = left_padded_batch(raw["vocab_size"])
+    reference = hf_logits(wrapped.merge_and_unload(), ids, mask)
     return {"root": root, "lora": lora, "base": root / "base", "connector": connector, "ids": ids, "mask": mask,
             "reference": reference}
 

@@ -19,6 +19,8 @@ from vllama_jax.checkpoints import CheckpointError, read_state_dict, to_params  
 from vllama_jax.config import TINY_DECODERS, ConfigError, DecoderConfig, load_config  # noqa: E402
 from vllama_jax.models.decoder import Decoder, abstract_params, hf_key_map, init_cache  # noqa: E402
 
+from hf_reference import hf_forward  # noqa: E402
+
 TOL = 1e-4
 B, L, PREFILL, EXTRA_SLOTS = 3, 12, 8, 4
 
@@ -55,15 +57,6 @@ def _masks():
     return {"left": left, "right": right}
 
 
-def _hf_logits(model, ids, mask):
-    # Positions counted over the real tokens, as generate() passes them for left-padded prompts.
-    positions = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None)
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)),
-                    position_ids=torch.tensor(positions), output_router_logits=model.config.model_type == "mixtral")
-    return out
-
-
 def _build(name, folder):
     """HF reference model of CASES[name], saved to `folder` and loaded back by our loader."""
     cfg = CASES[name]
@@ -77,7 +70,7 @@ def _build(name, folder):
     params = to_params(read_state_dict(folder), hf_key_map(ours_cfg), nn.unbox(abstract_params(ours_cfg)),
                        source=folder)
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (B, L))
-    refs = {kind: _hf_logits(hf, ids, mask) for kind, mask in _masks().items()}
+    refs = {kind: hf_forward(hf, ids, mask, output_router_logits=hf.config.model_type == "mixtral") for kind, mask in _masks().items()}
     return dict(name=name, cfg=ours_cfg, hf=hf, folder=folder, params=params, ids=ids, refs=refs)
 
 

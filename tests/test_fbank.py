@@ -36,19 +36,25 @@ def fft_noise_power(frame_energy):
     return EPS32 ** 2 * np.log2(FFT) * frame_energy
 
 
-def golden_noise_std(golden_log: np.ndarray) -> np.ndarray:
-    """(frames, bins): std of the float32 rounding in each golden mel energy, from the golden values alone.
+def mel_noise_std(golden_log: np.ndarray, bin_noise) -> np.ndarray:
+    """(frames, bins): std of a mel energy whose FFT bins carry independent noise of variance `bin_noise`
+    ((frames, 1) or a number), around the energies `golden_log`.
 
     A mel energy is E = sum_k w_k |X_k|^2. Noise d_k of variance v in X_k moves it by
-    sum_k w_k (2 Re(X_k d_k*) + |d_k|^2): variance <= 4 max(w) E v + 2 v^2 sum_k w_k^2. The frame energy
-    ||x||^2 comes from Parseval (sum_k |X_k|^2 = N ||x||^2 / 2 over the half spectrum, which the mel
-    triangles cover with weights summing to ~1).
+    sum_k w_k (2 Re(X_k d_k*) + |d_k|^2): variance <= 4 max(w) E v + 2 v^2 sum_k w_k^2.
     """
     weights = mel_banks(128, FFT, 16000.0)  # (FFT // 2 + 1, bins)
-    energy = np.exp(golden_log.astype(np.float64))
-    energy = np.where(golden_log == LOG_FLOOR, 0.0, energy)
-    v = fft_noise_power(2.0 * energy.sum(axis=1, keepdims=True) / FFT)
+    energy = np.where(golden_log == LOG_FLOOR, 0.0, np.exp(golden_log.astype(np.float64)))
+    v = bin_noise
     return np.sqrt(4 * weights.max(axis=0) * energy * v + 2 * v ** 2 * (weights ** 2).sum(axis=0))
+
+
+def golden_noise_std(golden_log: np.ndarray) -> np.ndarray:
+    """(frames, bins): std of the float32 FFT rounding in each golden mel energy, from the golden values
+    alone: the frame energy ||x||^2 comes from Parseval (sum_k |X_k|^2 = N ||x||^2 / 2 over the half
+    spectrum, which the mel triangles cover with weights summing to ~1)."""
+    energy = np.where(golden_log == LOG_FLOOR, 0.0, np.exp(golden_log.astype(np.float64)))
+    return mel_noise_std(golden_log, fft_noise_power(2.0 * energy.sum(axis=1, keepdims=True) / FFT))
 
 
 @pytest.mark.parametrize("name", SIGNALS)

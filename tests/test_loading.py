@@ -15,6 +15,7 @@ import vllama_jax  # noqa: E402
 from vllama_jax.config import TINY_DECODERS  # noqa: E402
 
 from conftest import FIXTURES  # noqa: E402
+from hf_reference import hf_logits, left_padded_batch  # noqa: E402
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -31,21 +32,6 @@ def hf_qwen2():
     return model
 
 
-def _inputs():
-    rng = np.random.default_rng(0)
-    ids = rng.integers(3, 300, size=(2, 9))
-    mask = np.ones(ids.shape, bool)
-    mask[1, :3] = False  # left padding
-    return ids, mask
-
-
-def _hf_logits(model, ids, mask):
-    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)),
-                     position_ids=torch.tensor(pos)).logits.numpy()
-
-
 @pytest.mark.parametrize("fmt", ["sharded_safetensors", "pytorch_bin"])
 def test_decoder_folder_in_each_format(hf_qwen2, tmp_path, fmt):
     if fmt == "sharded_safetensors":
@@ -57,23 +43,23 @@ def test_decoder_folder_in_each_format(hf_qwen2, tmp_path, fmt):
         os.remove(tmp_path / "model.safetensors")
         torch.save(hf_qwen2.state_dict(), tmp_path / "pytorch_model.bin")
     part = vllama_jax.load(str(tmp_path))
-    ids, mask = _inputs()
+    ids, mask = left_padded_batch(300)
     with jax.default_matmul_precision("highest"):
         logits, _ = part(ids, attention_mask=mask)
-    ref = _hf_logits(hf_qwen2, ids, mask)
+    ref = hf_logits(hf_qwen2, ids, mask)
     assert np.abs(np.asarray(logits) - ref)[mask].max() <= 1e-4
 
 
 def test_dump_decoder_and_vision_tower(hf_qwen2, tmp_path):
     hf_qwen2.save_pretrained(tmp_path / "qwen2")
-    ids, mask = _inputs()
+    ids, mask = left_padded_batch(300)
     np.savez(tmp_path / "in.npz", input_ids=ids, attention_mask=mask)
     r = subprocess.run([sys.executable, "-m", "vllama_jax", "dump", "--model", str(tmp_path / "qwen2"), "--inputs",
                         str(tmp_path / "in.npz"), "--out", str(tmp_path / "out.npz")],
                        capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     got = np.load(tmp_path / "out.npz")["logits"]
-    assert np.abs(got - _hf_logits(hf_qwen2, ids, mask))[mask].max() <= 1e-4
+    assert np.abs(got - hf_logits(hf_qwen2, ids, mask))[mask].max() <= 1e-4
 
     tower = FIXTURES / "av_qwen2_clip_stc" / "clip-vit-tiny-patch14-56"
     pixels = np.load(FIXTURES / "av_qwen2_clip_stc" / "inputs.npz")["s0_video"]

@@ -14,6 +14,6 @@ setup(
     packages=find_packages(include=["vllama_jax", "vllama_jax.*", "data_pipelines", "data_pipelines.*"]),
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
-    extras_require={"test": _requirements("requirements-test.txt")},
+    extras_require={"test": _requirements("requirements-test.txt"), "plan": _requirements("requirements-libtpu.txt")},
     entry_points={"console_scripts": ["vllama-jax=vllama_jax.cli:main"]},
 )

@@ -9,7 +9,7 @@ import pytest
 
 from vllama_jax import cli
 
-pytest.importorskip("libtpu", reason="libtpu is a test extra (requirements-test.txt)")
+# libtpu: scripts/test.sh points TPU_LIBRARY_PATH at the copy scripts/setup_env.sh --test installs.
 
 SMALL_TEXT = ["--set", "data.model_max_length=64"]  # compile time grows with the text length
 

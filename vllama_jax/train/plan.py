@@ -73,7 +73,8 @@ def topology_devices(topology: str) -> List[Any]:
         raise PlanError(f"--topology {topology!r}: expected a TPU slice such as v5p:2x2x2, v5e:2x2, v6e:4x4")
     if importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"):
         raise PlanError(f"--topology {topology}: planning for a TPU compiles with XLA's TPU compiler, which is in "
-                        f"libtpu; install it with `pip install {LIBTPU_PIN}` (it runs on a CPU host)")
+                        f"libtpu; install it with `pip install {LIBTPU_PIN}` (it runs on a CPU host), or point "
+                        f"TPU_LIBRARY_PATH at a libtpu.so (scripts/test.sh uses .venv/libtpu/libtpu/libtpu.so)")
     # A plan only compiles: no TPU is opened, so several plans (or a plan beside a TPU job) may load
     # libtpu at once, and libtpu need not look for a TPU VM's metadata (it warns without these).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

@@ -120,3 +120,33 @@ def test_not_a_beats_pickle_is_an_error(tmp_path):
 def test_too_short_fbank_is_an_error(tower):
     with pytest.raises(ValueError, match=r"\(1, 8, 128\)"):
         BEATs(tower["config"]).apply({"params": tower["params_pt"]}, np.zeros((1, 8, 128), np.float32))
+
+
+def _without_audio_tower_keys(fixtures_dir, folder, keep_pt: bool):
+    """The AV fixture as a LoRA fine-tune leaves it: no model.audio_tower.* keys, the BEATs .pt beside."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    src = fixtures_dir / "av_qwen2_clip_stc"
+    skip = {"model.safetensors", "inputs.npz", "expected.npz"} | (set() if keep_pt else {"BEATs_tiny.pt"})
+    shutil.copytree(src, folder, ignore=lambda d, names: skip & set(names) if d == str(src) else ())
+    sd = load_file(str(src / "model.safetensors"))
+    save_file({k: v for k, v in sd.items() if not k.startswith("model.audio_tower.")}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_audio_tower_from_the_pt_when_the_checkpoint_has_none(fixtures_dir, tmp_path, tower):
+    from vllama_jax.checkpoints.hf_files import read_state_dict
+    from vllama_jax.loading import load_videollama2_config, videollama2_params
+
+    folder = _without_audio_tower_keys(fixtures_dir, tmp_path / "with_pt", keep_pt=True)
+    cfg, vision_folder, _ = load_videollama2_config(str(folder))
+    params = videollama2_params(cfg, read_state_dict(str(folder)), str(folder), vision_folder)
+    for (path, got), want in zip(flatten(params["audio"]).items(), flatten(tower["params_pt"]).values()):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(path))
+
+    folder = _without_audio_tower_keys(fixtures_dir, tmp_path / "without_pt", keep_pt=False)
+    cfg, vision_folder, _ = load_videollama2_config(str(folder))
+    with pytest.raises(CheckpointError, match=r"mm_audio_tower 'BEATs_tiny.pt' is not a file"):
+        videollama2_params(cfg, read_state_dict(str(folder)), str(folder), vision_folder)

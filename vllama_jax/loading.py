@@ -12,7 +12,8 @@ Resolving a VideoLLaMA 2 folder's parts:
                   the checkpoint folder, or a known hub id with a built-in config); weights from the checkpoint's
                   `model.vision_tower.vision_tower.*` keys when present (video-only releases), else from that folder.
     audio tower   config from the BEATs `.pt` named by `mm_audio_tower` when it can be found (else the released
-                  BEATs iter3+ AS2M config); weights from the checkpoint's `model.audio_tower.*` keys.
+                  BEATs iter3+ AS2M config); weights from the checkpoint's `model.audio_tower.*` keys, else
+                  (a LoRA fine-tune, which leaves the frozen tower out) from that `.pt`.
 """
 from __future__ import annotations
 
@@ -168,9 +169,10 @@ def videollama2_params(cfg: C.VideoLLaMA2Config, state_dict, source: str, vision
     if cfg.audio is not None:
         from vllama_jax.models.beats import beats_params_from_state_dict
         audio_sd = strip_prefix(state_dict, AUDIO_PREFIX)
-        if not audio_sd:
-            raise CheckpointError(f"{source}: the config names an audio tower but there are no {AUDIO_PREFIX}* keys")
-        params["audio"] = beats_params_from_state_dict(audio_sd, cfg.audio, f"{source} ({AUDIO_PREFIX}*)")
+        if audio_sd:
+            params["audio"] = beats_params_from_state_dict(audio_sd, cfg.audio, f"{source} ({AUDIO_PREFIX}*)")
+        else:  # a LoRA fine-tune keeps the frozen tower out of its files: the BEATs .pt it names
+            params["audio"] = _audio_tower_from_pt(cfg, source)
         params["audio_projector"] = to_params(strip_prefix(state_dict, "model.mm_projector_a."),
                                               connector_key_map(cfg.audio_projector), expected["audio_projector"],
                                               source=f"{source} (model.mm_projector_a.*)")
@@ -182,6 +184,20 @@ def videollama2_params(cfg: C.VideoLLaMA2Config, state_dict, source: str, vision
         want = jax.tree_util.tree_map(lambda x: tuple(x.shape), sub)
         if got != want:
             raise CheckpointError(f"{source}: the '{name}' part does not have the model's shapes")
+    return params
+
+
+def _audio_tower_from_pt(cfg: C.VideoLLaMA2Config, source: str) -> dict:
+    """BEATs params from the `.pt` that `mm_audio_tower` names (beside the checkpoint folder `source`)."""
+    from vllama_jax.models.beats import load_beats
+
+    _, pt = resolve_audio_tower(cfg.audio_tower_name, source if os.path.isdir(source) else os.path.dirname(source))
+    if pt is None:
+        raise CheckpointError(f"{source}: the config names an audio tower but there are no {AUDIO_PREFIX}* keys, "
+                              f"and its mm_audio_tower '{cfg.audio_tower_name}' is not a file there")
+    config, params = load_beats(pt)
+    if config != cfg.audio:
+        raise CheckpointError(f"{pt}: its BEATs config differs from the checkpoint's audio_tower_config")
     return params
 
 

@@ -1,7 +1,7 @@
 """`vllama-jax` / `python -m vllama_jax`: one subcommand per module of `vllama_jax/commands/`.
 
-Each command module defines `HELP` (one line), `add_arguments(parser)` and `main(args) -> int`; they
-are imported only when their subcommand runs, so `vllama-jax --help` stays fast.
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `main(args) -> int`, and
+imports its heavy dependencies (JAX, transformers, torch) inside `main`, so `vllama-jax --help` stays fast.
 """
 import argparse
 import importlib
@@ -14,27 +14,20 @@ def _load(name):
     return importlib.import_module(f"vllama_jax.commands.{name}")
 
 
-def build_parser(argv):
+def build_parser():
     parser = argparse.ArgumentParser(prog="vllama-jax", description="VideoLLaMA 2 in JAX/Flax")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = next((a for a in argv if not a.startswith("-")), None)
     for name in COMMANDS:
-        try:
-            mod = _load(name) if name == wanted else None
-        except ModuleNotFoundError as e:
-            if e.name == f"vllama_jax.commands.{name}":
-                continue  # not built yet
-            raise
-        p = sub.add_parser(name, help=getattr(mod, "HELP", None) if mod else None)
-        if mod is not None:
-            mod.add_arguments(p)
-            p.set_defaults(_main=mod.main)
+        mod = _load(name)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_main=mod.main)
     return parser
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_main", None):
         parser.print_help()

@@ -1,7 +1,8 @@
 """`vllama-jax eval` end to end on the tiny video-only fixture checkpoint and generated mp4s: results.json
 fields and counts (a corrupt annotation row, a missing video), resuming without generating, refusing a
-changed setup, batch size not changing greedy answers; and, as unit tests, the option parser, the
-prompt wording against the original's scripts, the MVBench reader and the open-ended scores."""
+changed setup, batch size not changing greedy answers; one audio-visual run (`--av`) on the tiny
+audio-visual fixture; and, as unit tests, each benchmark's option parser and prompt wording against the
+original's scripts, the MVBench, EgoSchema and Perception Test readers and the open-ended scores."""
 import json
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from data_pipelines.synthetic import write_video
 from vllama_jax import cli
 from vllama_jax.evaluation.benchmarks import EvalItem, read_benchmark
-from vllama_jax.evaluation.prompts import instruction
-from vllama_jax.evaluation.scoring import contains_answer, exact_match, parse_option, summarize_oqa
+from vllama_jax.evaluation.prompts import MC_STYLES, instruction
+from vllama_jax.evaluation.scoring import PARSE_RULES, contains_answer, exact_match, parse_option, summarize_oqa
 
 from conftest import FIXTURES
 
@@ -89,6 +90,8 @@ def test_results_record_what_they_depend_on(batched_run):
     assert {"vllama_jax", "jax", "jaxlib"} <= set(rep["versions"])
     assert (rep["dtype"], rep["num_frames"], rep["max_new_tokens"], rep["decoding"]) == ("float32", 4, 4, "greedy")
     assert rep["prompt_template"]["option"] == "({letter}) {option}\n"
+    assert rep["style"] == "mvbench" and rep["answer_parser"]["text_fallback"] == "contains"
+    assert rep["max_context"] == 1024  # the tiny fixture decoder's max_position_embeddings
     # The whole prompt of the first question: system message, then the video tag and the MC instruction, as
     # the original's mm_infer builds the user turn ("<video>" + "\n" + instruct).
     assert rep["example_prompt"].startswith("<s> [INST] <<SYS>>\nYou are a helpful")
@@ -128,20 +131,62 @@ def test_batch_size_does_not_change_answers(bench, batched_run, tmp_path):
     assert strip(read_results(tmp_path)) == strip(read_results(batched_run))
 
 
-@pytest.mark.parametrize("text, options, expected", [
-    ("(B) the cat", ["a dog", "the cat", "a bird"], 1),
-    ("B.", ["x", "y", "z"], 1),
-    ("The answer is C", ["x", "y", "z"], 2),
-    ("Answer: A", ["x", "y"], 0),  # "Answer" is deleted first, so its capital A does not count
-    ("(D) four", ["one", "two", "three", "four"], 3),
-    ("it is blue", ["red", "blue", "green"], 1),  # no letter: the first option named in the text
-    ("E", ["x", "y", "z"], None),  # a letter past the options
-    ("garbage", ["red", "blue", "green"], None),
-    ("Yes, B", ["x", "y", "z"], None),  # the original's match is ", B": it falls back, so we say unparsable
-    ("Based on the video, (C)", ["x", "y", "z"], 1),  # the original reads the B of "Based": so do we
-])
-def test_option_parser(text, options, expected):
-    assert parse_option(text, options) == expected
+# Expected picks derived by reading each original parser (videollama2/eval/, main branch); None is where the
+# original silently writes option C. ABC / ABCD / ABCDE: options of that many letters.
+ABC, ABCD, ABCDE = ["x", "y", "z"], ["one", "two", "three", "four"], ["p", "q", "r", "s", "t"]
+PARSER_CASES = {
+    # inference_video_mcqa_mvbench.py lines 124-149: regex [\(,\ ]*[A-<last>][\),\ ]*, then option text.
+    "mvbench": [
+        ("(B) the cat", ["a dog", "the cat", "a bird"], 1),
+        ("B.", ABC, 1),
+        ("The answer is C", ABC, 2),
+        ("Answer: A", ["x", "y"], 0),  # "Answer" is deleted first, so its capital A does not count
+        ("(D) four", ABCD, 3),
+        ("it is blue", ["red", "blue", "green"], 1),  # no letter: the first option named in the text
+        ("E", ABC, None),  # a letter past the options
+        ("garbage", ["red", "blue", "green"], None),
+        ("Yes, B", ABC, None),  # the match is ", B", not a bare letter once stripped: the original guesses C
+        ("Based on the video, (C)", ABC, 1),  # the original reads the B of "Based": so do we
+    ],
+    # inference_video_mcqa_egoschema.py lines 83-102: regex [\(\ ]*[A-E][\)\ ]*, no option-text fallback.
+    "egoschema": [
+        ("(E) they cook", ABCDE, 4),
+        ("Yes, B", ABCDE, 1),  # a comma is no padding here, so the match is " B"
+        ("Answer: A", ABCDE, 0),
+        ("q", ABCDE, None),  # an option's text alone is not read: C in the original
+        ("the man is cooking", ABCDE, None),
+    ],
+    # inference_video_mcqa_perception_test_mcqa.py lines 128-147: regex \(*[A-C]\)*, else an answer that
+    # is exactly an option's text (lower-cased), else C.
+    "perception_test": [
+        ("(A)", ["left", "right", "up"], 0),
+        ("Yes, B", ["left", "right", "up"], 1),
+        ("Right", ["left", "right", "up"], 1),  # no capital A-C: the whole answer equals option B
+        ("it went right", ["left", "right", "up"], None),  # containing an option is not enough
+        ("D", ["left", "right", "up"], None),
+        ("Cat", ["dog", "cow", "pig"], 2),  # the capital C of "Cat" is read as the letter
+    ],
+    # inference_video_mcqa_videomme.py lines 185-227 (options from line 267's '[A-D]\. (.*).', which drops
+    # the trailing "."): regex [\(\ \[]*([A-D])[\)\.\ \]]*, else option text or a digit's word, else C.
+    "videomme": [
+        ("[C]", ["red.", "blue.", "green.", "3."], 2),
+        ("B. blue", ["red.", "blue.", "green.", "3."], 1),
+        ("three of them", ["red.", "blue.", "green.", "3."], 3),  # "3" also matches as "three"
+        ("it is green", ["red.", "blue.", "green.", "3."], 2),
+        ("E", ["red.", "blue.", "green.", "3."], None),
+        ("nothing", ["red.", "blue.", "green.", "3."], None),
+    ],
+}
+
+
+@pytest.mark.parametrize("style, text, options, expected",
+                         [(style, *case) for style, cases in PARSER_CASES.items() for case in cases])
+def test_option_parser_follows_each_original(style, text, options, expected):
+    assert parse_option(text, options, style) == expected
+
+
+def test_every_style_has_a_wording_and_a_parser():
+    assert set(MC_STYLES) == set(PARSE_RULES) == set(PARSER_CASES)
 
 
 def test_multiple_choice_prompts_are_the_originals():
@@ -152,6 +197,8 @@ def test_multiple_choice_prompts_are_the_originals():
     assert instruction(item, "mvbench") == (
         "Question: What is the man doing?\nOptions:\n(A) cooking\n(B) running\n(C) sleeping\n(D) reading\n"
         "Answer with the option's letter from the given choices directly and only give the best option.")
+    # inference_video_mcqa_perception_test_mcqa.py line 61: the same wording.
+    assert instruction(item, "perception_test") == instruction(item, "mvbench")
     # inference_video_mcqa_egoschema.py line 65.
     assert instruction(item, "egoschema") == (
         "Select the best answer to the following multiple-choice question based on the video.\n"
@@ -182,6 +229,55 @@ def test_reads_the_originals_mvbench_layout(tmp_path):
         # Action Antonym is not a bounded task in the original: its start/end are not used.
         ("Action Antonym/0", "Action Antonym", "/media/ssv2_video/c.webm", 2, None, None)]
     assert len(skipped) == 2  # the answer that is no candidate, the file that is not JSON
+
+
+def test_reads_egoschemas_questions_file(tmp_path):
+    # inference_video_mcqa_egoschema.py lines 45-62: q_uid names the video, "option 0".."option 4".
+    (tmp_path / "q1.mkv").write_bytes(b"")
+    rows = [{"q_uid": uid, "question": "What does c do?", **{f"option {i}": f"o{i}" for i in range(5)}}
+            for uid in ("q1", "q2", "q3")]
+    (tmp_path / "questions.json").write_text(json.dumps(rows))
+    (tmp_path / "subset_answers.json").write_text(json.dumps({"q1": 4, "q2": 0}))
+    items, skipped = read_benchmark(str(tmp_path / "questions.json"), str(tmp_path), "mcqa", "egoschema")
+    assert [(i.id, i.video, i.options, i.answer) for i in items] == [
+        ("q1", str(tmp_path / "q1.mkv"), ("o0", "o1", "o2", "o3", "o4"), 4),  # the format found on disk
+        ("q2", str(tmp_path / "q2.mp4"), ("o0", "o1", "o2", "o3", "o4"), 0)]
+    assert skipped == [{"where": f"{tmp_path / 'questions.json'} item 2", "reason": "no 'answer'"}]
+
+
+def test_reads_perception_tests_questions_file(tmp_path):
+    # inference_video_mcqa_perception_test_mcqa.py lines 42-65: {key: {"metadata": {"video_id"}, "mc_question"}}.
+    data = {"video_1": {"metadata": {"video_id": "video_1"}, "mc_question": [
+        {"id": 0, "question": "Which way?", "options": ["left", "right", "up"], "answer_id": 1, "area": "physics"},
+        {"id": 1, "question": "How many?", "options": ["1", "2", "3"], "area": "memory"}]},
+        "video_2": {"metadata": {"video_id": "video_2"}}}
+    (tmp_path / "mc_question_valid.json").write_text(json.dumps(data))
+    items, skipped = read_benchmark(str(tmp_path / "mc_question_valid.json"), "/media", "mcqa", "perception_test")
+    assert [(i.id, i.video, i.task, i.answer) for i in items] == [
+        ("video_1/0", "/media/video_1.mp4", "physics", 1)]
+    assert [s["reason"] for s in skipped] == ["no 'answer'", "no 'mc_question' list of objects"]
+
+
+def test_audio_visual_run(tmp_path):
+    # Both videos carry a sound track, which --av gives the audio-visual fixture too; its audio alone is ~1500
+    # tokens (the clip padded to 30 s), past the tiny decoder's default context, hence --max-context.
+    write_video(str(tmp_path / "red.mp4"), "red", seconds=2.0, sound=True)
+    write_video(str(tmp_path / "blue.mp4"), "blue", seconds=2.0, sound=True)
+    data = tmp_path / "av.jsonl"
+    data.write_text("\n".join(json.dumps({"id": i, "video": f"{c}.mp4", "question": "What colour?",
+                                          "options": ["red", "blue", "green"], "answer": c, "task": "colour"})
+                              for i, c in enumerate(("red", "blue"))) + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["eval", "--model", str(FIXTURES / "av_qwen2_clip_stc"), "--benchmark", "mcqa", "--data", str(data),
+                     "--media-root", str(tmp_path), "--out", str(out), "--av", "--max-context", "4096",
+                     "--batch-size", "2", "--max-new-tokens", "4"]) == 0
+    preds = read_predictions(out)
+    assert sorted(preds) == [0, 1] and all("error" not in p and isinstance(p["output"], str) for p in preds.values())
+    results = read_results(out)
+    assert results["counts"] == {"total": 2, "answered": 2, "unparsable": results["counts"]["unparsable"],
+                                 "errors": 0, "skipped_rows": 0}
+    rep = results["reproducibility"]
+    assert rep["audio_visual"] is True and rep["max_context"] == 4096
 
 
 def test_open_ended_scores_are_plain_string_matches():

@@ -5,10 +5,13 @@ Benchmark evaluation that reproduces by construction:
 - greedy decoding only, a fixed frame count, float32 unless asked otherwise, with float32 matrix products
   at full precision (GPUs would otherwise use TF32 and TPUs bfloat16 passes, each its own answers);
   batching does not change the answers (left-padded batches, tested against one question at a time);
+- `--style mvbench|egoschema|perception_test|videomme` words the questions and parses the answers as
+  that benchmark's original script does (evaluation/prompts.py, evaluation/scoring.py);
 - OUTDIR/setup.json records everything the answers depend on (evaluation/reproducibility.py: sha256 of
-  the model's files and of the annotations, library versions, dtype, frames, tokens, the prompt wording
-  and one fully rendered prompt). A rerun into the same OUTDIR resumes: ids already in
-  predictions.jsonl are not asked again, and a different setup is refused rather than mixed in;
+  the model's files and of the annotations, library versions, dtype, frames, tokens, context length, the
+  prompt wording, the answer-parsing rule and one fully rendered prompt). A rerun into the same OUTDIR
+  resumes: ids already in predictions.jsonl are not asked again, and a different setup is refused rather
+  than mixed in;
 - OUTDIR/predictions.jsonl: one row per question, the model's raw output and the parsed option
   ("pred": null when it names none), or {"error"} when its video could not be read (an error row counts
   as answered for resuming: delete it to ask again);
@@ -21,6 +24,7 @@ Benchmark evaluation that reproduces by construction:
 Questions go through `commands/answer.py`'s batched, length-bucketed inference, which decodes the
 videos batch by batch.
 """
+import dataclasses
 import json
 import logging
 import os
@@ -31,23 +35,27 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p):
+    from vllama_jax.evaluation.benchmarks import LAYOUTS
     from vllama_jax.evaluation.prompts import MC_STYLES
 
     p.add_argument("--model", required=True, help="VideoLLaMA 2 checkpoint folder")
     p.add_argument("--benchmark", required=True, choices=("mcqa", "oqa"),
                    help="mcqa: multiple-choice (MVBench, EgoSchema, Perception Test, Video-MME); oqa: open-ended")
-    p.add_argument("--data", required=True, help="annotations: normalized .jsonl, or the original's MVBench "
-                                                 ".json file / folder of them")
+    p.add_argument("--data", required=True, help="annotations: normalized .jsonl, the original's MVBench .json "
+                                                 "file / folder of them, or EgoSchema's / Perception Test's .json")
     p.add_argument("--media-root", default="", help="folder the annotations' video paths are relative to")
     p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
-    p.add_argument("--layout", default="auto", choices=("auto", "jsonl", "mvbench"),
+    p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS,
                    help="annotation layout; auto: .jsonl is normalized, anything else MVBench")
-    p.add_argument("--prompt-style", default="mvbench", choices=sorted(MC_STYLES),
-                   help="multiple-choice wording of the original's script for that benchmark")
+    p.add_argument("--style", default="mvbench", choices=sorted(MC_STYLES),
+                   help="multiple-choice question wording and answer parsing of the original's script for "
+                        "that benchmark")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--num-frames", type=int, help="frames per video (default: the checkpoint's)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--max-context", type=int, help="longest prompt + answer in tokens (default: the decoder's "
+                                                   "max_position_embeddings); with --av the sound alone can take ~1500")
     p.add_argument("--av", action="store_true", help="give an audio-visual model each video's sound track too")
 
 
@@ -65,7 +73,7 @@ def read_predictions(path):
     return rows
 
 
-def prediction_row(item, result, kind):
+def prediction_row(item, result, kind, style):
     """One predictions.jsonl row from an item and `answer_rows`' result for it."""
     from vllama_jax.evaluation.scoring import parse_option
 
@@ -77,7 +85,7 @@ def prediction_row(item, result, kind):
         row["error"] = result["error"]
     elif kind == "mcqa":
         row["output"] = result["answer"]
-        row["pred"] = parse_option(result["answer"], item.options)
+        row["pred"] = parse_option(result["answer"], item.options, style)
     else:
         row["pred"] = result["answer"]  # named as the original's GPT grading scripts read it
     return row
@@ -94,7 +102,7 @@ def generate_predictions(model, items, instructions, out_path, args):
              "end": item.end, "av": args.av} for item in items]
     with open(out_path, "a") as f, tqdm(total=len(rows), desc="evaluating", unit="q") as bar:
         def write(result):
-            row = prediction_row(by_id[result["id"]], result, args.benchmark)
+            row = prediction_row(by_id[result["id"]], result, args.benchmark, args.style)
             f.write(json.dumps(row) + "\n")
             f.flush()
             bar.update(1)
@@ -107,20 +115,22 @@ def matmul_precision(dtype: str) -> str:
 
 
 def setup_block(args, items, instructions, tokenizer, cfg):
-    from vllama_jax.evaluation import prompts, reproducibility
+    from vllama_jax.evaluation import prompts, reproducibility, scoring
     from vllama_jax.preprocess.conversation import build_prompt
 
     example = None
     if items:
         example = build_prompt([{"role": "user", "content": instructions[items[0].id]}], cfg.decoder.family,
                                tokenizer, "video")
+    mcqa = args.benchmark == "mcqa"
     return reproducibility.describe(args.model, args.data, {
         "benchmark": args.benchmark, "layout": args.layout, "media_root": os.path.abspath(args.media_root),
         "dtype": args.dtype, "matmul_precision": matmul_precision(args.dtype),
         "num_frames": args.num_frames or cfg.num_frames, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
-        "audio_visual": args.av,
-        "prompt_style": args.prompt_style if args.benchmark == "mcqa" else None,
-        "prompt_template": prompts.template(args.benchmark, args.prompt_style),
+        "max_context": args.max_context or cfg.decoder.max_position_embeddings, "audio_visual": args.av,
+        "style": args.style if mcqa else None,
+        "prompt_template": prompts.template(args.benchmark, args.style),
+        "answer_parser": dataclasses.asdict(scoring.PARSE_RULES[args.style]) if mcqa else None,
         "example_prompt": example,
     })
 
@@ -187,7 +197,7 @@ def main(args) -> int:
     logging.basicConfig(level=logging.INFO)
     began = time.time()
     items, skipped = read_benchmark(args.data, args.media_root, args.benchmark, args.layout)
-    instructions = {item.id: instruction(item, args.prompt_style) for item in items}
+    instructions = {item.id: instruction(item, args.style) for item in items}
     os.makedirs(args.out, exist_ok=True)
     pred_path = os.path.join(args.out, "predictions.jsonl")
     seen = read_predictions(pred_path)
@@ -199,7 +209,8 @@ def main(args) -> int:
     if not check_setup(os.path.join(args.out, "setup.json"), block):
         return 2
     if todo:
-        model = vllama_jax.load(args.model, dtype=getattr(jnp, args.dtype), num_frames=args.num_frames)
+        model = vllama_jax.load(args.model, dtype=getattr(jnp, args.dtype), num_frames=args.num_frames,
+                                max_context=args.max_context)
         # Scoped, not global: the setting is part of what is compiled, and callers in the same process
         # (tests, notebooks) keep theirs.
         with jax.default_matmul_precision(matmul_precision(args.dtype)):

@@ -2,7 +2,7 @@
 
     items, skipped = read_benchmark("mvbench.jsonl", media_root="videos/", kind="mcqa")
 
-Two layouts are read:
+Four layouts are read (`layout=`, LAYOUTS):
 
 - normalized JSONL (`.jsonl`), one question a line:
   {"id", "video", "question", "options": [...], "answer": index | letter | option text, "task"?, "start"?, "end"?}
@@ -12,6 +12,17 @@ Two layouts are read:
   {"video", "question", "candidates": [...], "answer": option text, "start"?, "end"?} per task file. A
   known task file gets the original's task name, video sub-folder and clip bounds (the `tasks` table of
   videollama2/eval/inference_video_mcqa_mvbench.py); any other file is a task named after the file.
+- EgoSchema's questions.json (inference_video_mcqa_egoschema.py lines 45-62): a list of
+  {"q_uid", "question", "option 0" .. "option 4"}, the video "<q_uid>.<ext>" in the media root. The
+  original never reads answers (EgoSchema is scored on its own server); ours come from the row's
+  "answer" or, when there, EgoSchema's `subset_answers.json` ({q_uid: index}) beside the file.
+- Perception Test's mc_question json (inference_video_mcqa_perception_test_mcqa.py lines 42-65 and 91-92):
+  {key: {"metadata": {"video_id"}, "mc_question": [{"id", "question", "options", "answer_id", "area"?}]}},
+  the video "<video_id>.<ext>". The original does not read "answer_id" either (the test split has
+  none; the valid split's is the Perception Test's own field); the task is the question's "area".
+
+Where the originals look for "<name>.mp4", ".avi", ".mov" then ".mkv" in the media root, so do we; a video
+found under none of them is named ".mp4" and becomes an error row when it is read.
 
 A row is skipped (never a crash) when it is not JSON, lacks a field, has fewer than two options, an
 answer that is none of its options (the original keeps such a question, one no answer can get right),
@@ -29,7 +40,9 @@ from typing import List, Optional, Tuple, Union
 log = logging.getLogger(__name__)
 
 KINDS = ("mcqa", "oqa")
+LAYOUTS = ("jsonl", "mvbench", "egoschema", "perception_test")
 LETTERS = string.ascii_uppercase
+VIDEO_FORMATS = (".mp4", ".avi", ".mov", ".mkv")  # the order the original scripts try them in
 
 # MVBench task files as the original reads them: task name, video sub-folder of the media root, and
 # whether the clip's "start"/"end" bound the frames sampled.
@@ -167,16 +180,70 @@ def read_mvbench(path: str, media_root: str) -> Tuple[List[EvalItem], List[dict]
     return _dedupe(items, skipped)
 
 
+def video_named(media_root: str, stem: str) -> str:
+    """The first of "<stem>.mp4/.avi/.mov/.mkv" in the media root, relative to it ("<stem>.mp4" if none)."""
+    return next((stem + ext for ext in VIDEO_FORMATS if os.path.exists(os.path.join(media_root, stem + ext))),
+                stem + VIDEO_FORMATS[0])
+
+
+def _load_json(path: str, kind: type):
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, kind):
+        raise ValueError(f"{path}: not a JSON {kind.__name__}")
+    return data
+
+
+def read_egoschema(path: str, media_root: str) -> Tuple[List[EvalItem], List[dict]]:
+    """EgoSchema's questions.json (module docstring), answers from the rows or subset_answers.json beside it."""
+    answers_path = os.path.join(os.path.dirname(path), "subset_answers.json")
+    answers = _load_json(answers_path, dict) if os.path.exists(answers_path) else {}
+
+    def normalize(row):
+        if not isinstance(row, dict) or not isinstance(row.get("q_uid"), str):
+            raise BadRow("not an object with a 'q_uid' string")
+        options = [row.get(f"option {i}") for i in range(5)]
+        return {"id": row["q_uid"], "video": video_named(media_root, row["q_uid"]), "question": row.get("question"),
+                "options": options, "answer": row.get("answer", answers.get(row["q_uid"]))}
+
+    rows = [(f"item {i}", i, row) for i, row in enumerate(_load_json(path, list))]
+    return _collect(path, rows, normalize, "mcqa", media_root)
+
+
+def read_perception_test(path: str, media_root: str) -> Tuple[List[EvalItem], List[dict]]:
+    """Perception Test's multiple-choice json (module docstring): one item per question of each video."""
+    rows = []  # (where, id "<video_id>/<question id>", (video_id, question))
+    for key, video in _load_json(path, dict).items():
+        if not isinstance(video, dict) or not isinstance(video.get("mc_question"), list):
+            rows.append((f"video {key}", key, None))  # normalize refuses it: skipped and counted
+            continue
+        video_id = str((video.get("metadata") or {}).get("video_id", key))
+        for i, q in enumerate(video["mc_question"]):
+            question_id = q.get("id", i) if isinstance(q, dict) else i
+            rows.append((f"video {key} question {i}", f"{video_id}/{question_id}", (video_id, q)))
+
+    def normalize(entry):
+        if entry is None or not isinstance(entry[1], dict):
+            raise BadRow("no 'mc_question' list of objects")
+        video_id, q = entry
+        return {"video": video_named(media_root, video_id), "question": q.get("question"),
+                "options": q.get("options"), "answer": q.get("answer_id"), "task": q.get("area")}
+
+    return _collect(path, rows, normalize, "mcqa", media_root)
+
+
 def read_benchmark(path: str, media_root: str, kind: str, layout: str = "auto") -> Tuple[List[EvalItem], List[dict]]:
-    """(items, skipped rows as {"where", "reason"}). layout: "jsonl", "mvbench" or "auto" (by the name)."""
+    """(items, skipped rows as {"where", "reason"}). layout: one of LAYOUTS, or "auto": .jsonl is "jsonl", any
+    other name "mvbench"."""
     if kind not in KINDS:
         raise ValueError(f"benchmark kind must be one of {KINDS}, got {kind!r}")
     if layout == "auto":
         layout = "jsonl" if path.endswith(".jsonl") else "mvbench"
-    if layout == "mvbench":
+    readers = {"mvbench": read_mvbench, "egoschema": read_egoschema, "perception_test": read_perception_test}
+    if layout in readers:
         if kind != "mcqa":
-            raise ValueError("the MVBench layout is multiple-choice: use --benchmark mcqa")
-        return read_mvbench(path, media_root)
+            raise ValueError(f"the {layout} layout is multiple-choice: use --benchmark mcqa")
+        return readers[layout](path, media_root)
     if layout != "jsonl":
         raise ValueError(f"unknown annotation layout {layout!r}")
     return read_jsonl(path, media_root, kind)

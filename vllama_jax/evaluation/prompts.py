@@ -6,11 +6,14 @@ The instruction is the user turn; `preprocess.conversation.build_prompt` then pu
 a newline in front, adds the Mistral / Mixtral system message and applies the chat template, as the
 original's `mm_infer` does. Multiple-choice wordings (videollama2/eval/ on the original's main branch):
 
-- "mvbench": inference_video_mcqa_mvbench.py (the `instruct` of `MVBenchDataset`); Perception Test's
-  (inference_video_mcqa_perception_test_mcqa.py) is the same text for its three options.
+- "mvbench": inference_video_mcqa_mvbench.py (the `instruct` of `MVBenchDataset`);
+- "perception_test": inference_video_mcqa_perception_test_mcqa.py line 61, the same text for its three options;
 - "egoschema": inference_video_mcqa_egoschema.py, ends with "The best answer is: ".
 - "videomme": inference_video_mcqa_videomme.py without subtitles; the data's choices come as "A. text",
   so options are written that way. Its "(A, B, C, or D)" is spelled out for the item's own letters.
+
+The style names are those of scoring.PARSE_RULES too: `--style` picks a benchmark's wording and its answer
+parsing together.
 
 Open-ended questions are asked as they are, as inference_video_oqa_activitynet.py does.
 """
@@ -38,8 +41,11 @@ class MCStyle:
         return self.head.format(question=question, letters=spelled) + lines + self.tail
 
 
+_QUESTION_OPTIONS = MCStyle("Question: {question}\nOptions:\n", "({letter}) {option}\n", _ANSWER_WITH_LETTER)
+
 MC_STYLES = {
-    "mvbench": MCStyle("Question: {question}\nOptions:\n", "({letter}) {option}\n", _ANSWER_WITH_LETTER),
+    "mvbench": _QUESTION_OPTIONS,
+    "perception_test": _QUESTION_OPTIONS,
     "egoschema": MCStyle(_SELECT_BEST + "\n{question}\nOptions:\n", "({letter}) {option}\n",
                          _ANSWER_WITH_LETTER + " The best answer is: "),
     "videomme": MCStyle(_SELECT_BEST + " Respond with only the letter ({letters}) of the correct option.\n{question}\n",

@@ -65,13 +65,14 @@ def test_corrupt_video_is_a_clear_error(video_model, media):
         video_model.chat("What happens?", video=media["corrupt"], max_new_tokens=2)
 
 
-def test_answer_batches_resumes_and_reports_bad_files(video_model, media, tmp_path):
+def test_answer_batches_resumes_and_reports_bad_rows(video_model, media, tmp_path):
     questions = tmp_path / "q.jsonl"
     out = tmp_path / "a.jsonl"
     rows = [{"id": 1, "question": "What moves?", "video": media["silent"]},
             {"id": 2, "question": "What colour is it?", "video": media["tone"]},
             {"id": 3, "question": "And this?", "video": media["corrupt"]},
-            {"id": 4, "question": "Say hi."}]
+            {"id": 4, "question": "Say hi."},
+            {"id": 5, "question": "Why? " * 1100}]  # longer than the context: batched with 4
     questions.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "vllama_jax", "answer", "--model", str(FIXTURES / "v_mistral_clip_stc"),
@@ -79,12 +80,13 @@ def test_answer_batches_resumes_and_reports_bad_files(video_model, media, tmp_pa
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     got = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
-    assert set(got) == {1, 2, 3, 4}
+    assert set(got) == {1, 2, 3, 4, 5}
     assert "error" in got[3] and "corrupt.mp4" in got[3]["error"]
+    assert got[5]["error"].startswith("ContextLengthError")
     assert all(isinstance(got[i]["answer"], str) for i in (1, 2, 4))
     # A second run finds every id answered and does nothing.
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0 and len(out.read_text().splitlines()) == 4
+    assert r.returncode == 0 and len(out.read_text().splitlines()) == 5
 
 
 def test_batched_answers_equal_one_by_one(video_model, media):

@@ -114,21 +114,36 @@ def _load_media(model, row, on_result):
 
 
 def _answer_batch(model, batch, max_new_tokens, temperature, on_result):
-    """One left-padded generate call for [(row, token ids, media)]."""
+    """One left-padded generate call for [(row, token ids, media)]. A row too long for the context gives an
+    error row (the batch is retried row by row to find it); the others are answered."""
+    from vllama_jax.generate import ContextLengthError
     from vllama_jax.inference import until_eos
 
+    try:
+        out = _generate(model, batch, max_new_tokens, temperature)
+    except ContextLengthError as e:
+        if len(batch) > 1:
+            for one in batch:
+                _answer_batch(model, [one], max_new_tokens, temperature, on_result)
+        else:
+            on_result({"id": batch[0][0]["id"], "question": batch[0][0]["question"], "error": f"ContextLengthError: {e}"})
+        return
+    for (row, _, _), toks in zip(batch, out):
+        keep = until_eos(toks, model.config.decoder.eos_ids)
+        on_result({"id": row["id"], "question": row["question"],
+                   "answer": model.tokenizer.decode(keep, skip_special_tokens=True).strip()})
+
+
+def _generate(model, batch, max_new_tokens, temperature):
+    """(B, max_new_tokens) new tokens for one left-padded batch of [(row, token ids, media)]."""
     length = max(len(ids) for _, ids, _ in batch)
     input_ids = np.zeros((len(batch), length), np.int64)
     mask = np.zeros((len(batch), length), bool)
     for r, (_, ids, _) in enumerate(batch):
         input_ids[r, length - len(ids):] = ids
         mask[r, length - len(ids):] = True
-    out = model.generate(input_ids, mask, media=[m or None for _, _, m in batch], max_new_tokens=max_new_tokens,
-                         temperature=temperature)
-    for (row, _, _), toks in zip(batch, out):
-        keep = until_eos(toks, model.config.decoder.eos_ids)
-        on_result({"id": row["id"], "question": row["question"],
-                   "answer": model.tokenizer.decode(keep, skip_special_tokens=True).strip()})
+    return model.generate(input_ids, mask, media=[m or None for _, _, m in batch], max_new_tokens=max_new_tokens,
+                          temperature=temperature)
 
 
 def main(args) -> int:

@@ -17,7 +17,8 @@ transformers = pytest.importorskip("transformers")
 
 from vllama_jax.checkpoints import CheckpointError, read_state_dict, to_params  # noqa: E402
 from vllama_jax.config import TINY_DECODERS, ConfigError, DecoderConfig, load_config  # noqa: E402
-from vllama_jax.models.decoder import Decoder, abstract_params, hf_key_map, init_cache  # noqa: E402
+from vllama_jax.models.decoder import Decoder, abstract_params, hf_key_map, init_cache, router_aux_loss  # noqa: E402
+from vllama_jax.train.loss import causal_lm_loss  # noqa: E402
 
 from hf_reference import hf_forward  # noqa: E402
 
@@ -117,16 +118,29 @@ def test_logits_match_hf_left_and_right_padded(case):
         assert np.abs(ref[mask]).max() > 0.5  # the comparison is not between two near-zero tensors
 
     if case["cfg"].num_experts:
-        # Per layer, our sown aux loss is HF's load-balancing loss of that layer's router logits.
+        # The load-balancing loss pooled over all layers is HF's, with the padding masked out.
         mask = _masks()["right"]
         _, state = run(case["params"], case["ids"], mask)
-        ours = np.asarray(state["intermediates"]["layers"]["block_sparse_moe"]["router_aux_loss"][0])
-        router_logits = case["refs"]["right"].router_logits
         from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-        for i, layer_logits in enumerate(router_logits):
-            ref = load_balancing_loss_func((layer_logits,), case["cfg"].num_experts, case["cfg"].num_experts_per_tok,
-                                           torch.tensor(mask.astype(np.int64)))
-            assert abs(ours[i] - float(ref)) < TOL, f"layer {i}: aux loss {ours[i]} vs HF {float(ref)}"
+        ref = load_balancing_loss_func(case["refs"]["right"].router_logits, case["cfg"].num_experts,
+                                       case["cfg"].num_experts_per_tok, torch.tensor(mask.astype(np.int64)))
+        ours = float(router_aux_loss(state["intermediates"]))
+        assert abs(ours - float(ref)) < 1e-5, f"aux loss {ours} vs HF {float(ref)}"
+
+
+def test_mixtral_training_loss_matches_hf(built):
+    """With output_router_logits, HF's MixtralForCausalLM loss is cross-entropy + coef x the pooled
+    load-balancing loss: ours (train/loss.py + router_aux_loss, what the train step adds) equals it."""
+    case = built("mixtral")
+    mask = _masks()["right"]
+    labels = np.where(mask, case["ids"], -100)
+    hf_loss = hf_forward(case["hf"], case["ids"], mask, labels=torch.tensor(labels), output_router_logits=True).loss
+    logits, state = _forward(case["cfg"])(case["params"], case["ids"], mask)
+    ce, _ = causal_lm_loss(logits, labels)
+    aux = router_aux_loss(state["intermediates"])
+    assert float(aux) > 0.5  # N * sum f P is ~k for any routing: the term is really there
+    ours = float(ce) + case["cfg"].router_aux_loss_coef * float(aux)
+    assert abs(ours - float(hf_loss)) < 1e-5, (ours, float(hf_loss))
 
 
 def test_sliding_window_is_exercised(built):

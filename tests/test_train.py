@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vllama_jax.config import IGNORE_INDEX
+from vllama_jax.config import IGNORE_INDEX, DecoderConfig
 from vllama_jax.train.config import TrainConfig, TrainConfigError, from_dict, load_train_config
 from vllama_jax.train.metrics import read_metrics
 from vllama_jax.train.optimizer import lr_schedule, make_optimizer, trainable_mask
@@ -254,3 +254,46 @@ def test_next_phase_starts_from_the_last_and_keeps_frozen_parts_bit_identical(ba
     saved = [k for k, v in tree.items() if v["value_metadata"]["value_type"] != "None"]
     moments = [k for k in saved if "'mu'" in k or "'nu'" in k]
     assert moments and all("'connector'" in k for k in moments), moments[:5]
+
+
+class TinyMoELM(nn.Module):
+    """TinyLM with a Mixtral sparse-MoE block, which sows its router statistics."""
+
+    @nn.compact
+    def __call__(self, batch):
+        from vllama_jax.layers.moe import SparseMoE
+
+        x = nn.Embed(50, 8, name="vision")(batch["input_ids"])
+        x = SparseMoE(num_experts=4, top_k=2, hidden=16, name="block_sparse_moe")(x, batch["attention_mask"])
+        return {"logits": nn.Dense(50, name="decoder")(x), "labels": batch["labels"],
+                "attention_mask": batch["attention_mask"]}
+
+
+def test_mixtral_load_balancing_loss_enters_the_step_when_asked():
+    from vllama_jax.config import TINY_DECODERS, VideoLLaMA2Config
+    from vllama_jax.models.decoder import router_aux_loss
+    from vllama_jax.train.loss import causal_lm_loss
+    from vllama_jax.train.step import router_loss_weight
+
+    mixtral = TINY_DECODERS["mixtral"]
+    assert router_loss_weight(VideoLLaMA2Config(mixtral, None, None)) == 0.0  # HF's default: off
+    on = dataclasses.replace(mixtral, output_router_logits=True)
+    assert router_loss_weight(VideoLLaMA2Config(on, None, None)) == mixtral.router_aux_loss_coef
+    assert DecoderConfig.from_hf_config(on.to_hf_config()).output_router_logits
+
+    model = TinyMoELM()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (4, 6)).astype(np.int32)
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": np.ones((4, 6), bool), "bad": np.zeros(4, bool)}
+    params = model.init(jax.random.PRNGKey(0), batch)["params"]
+    mask = trainable_mask(params, ["decoder", "block_sparse_moe"])
+    cfg = load_train_config(SMOKE)
+    tx = make_optimizer(cfg.optimizer, 2, mask)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0), "rng": jax.random.PRNGKey(1),
+             "bad_samples": jnp.int32(0)}
+    out, inter = model.apply({"params": params}, batch, mutable=["intermediates"])
+    ce, aux = causal_lm_loss(out["logits"], out["labels"])[0], router_aux_loss(inter["intermediates"])
+    for coef in (0.0, 0.5):
+        step = jax.jit(make_train_step(model, tx, mask, lr_schedule(0.1, 2, 0.0), router_aux_loss_coef=coef))
+        _, metrics = step(state, batch)
+        np.testing.assert_allclose(float(metrics["loss"]), float(ce) + coef * float(aux), rtol=1e-6)

@@ -72,6 +72,9 @@ class DecoderConfig:
     num_experts: int = 0  # 0: dense MLP; >0: Mixtral sparse MoE
     num_experts_per_tok: int = 2
     router_aux_loss_coef: float = 0.02
+    # Training adds router_aux_loss_coef x the load-balancing loss only when this is set, as HF does
+    # (Mixtral's default, and the released VideoLLaMA2-8x7B's: off).
+    output_router_logits: bool = False
     tie_word_embeddings: bool = False
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[Union[int, Tuple[int, ...]]] = None
@@ -128,6 +131,7 @@ class DecoderConfig:
             num_experts=d.get("num_local_experts", 0) if family == "mixtral" else 0,
             num_experts_per_tok=d.get("num_experts_per_tok", 2),
             router_aux_loss_coef=d.get("router_aux_loss_coef", 0.02),
+            output_router_logits=bool(d.get("output_router_logits", False)) if family == "mixtral" else False,
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
@@ -161,6 +165,7 @@ class DecoderConfig:
             d["num_local_experts"] = self.num_experts
             d["num_experts_per_tok"] = self.num_experts_per_tok
             d["router_aux_loss_coef"] = self.router_aux_loss_coef
+            d["output_router_logits"] = self.output_router_logits
         return d
 
 

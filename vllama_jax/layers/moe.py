@@ -19,8 +19,10 @@ Two ways to run the experts (`dispatch`), same result:
     "grouped"  tokens sorted by expert and run with `jax.lax.ragged_dot`: only the k chosen experts' FLOPs.
                Best on one device or with the expert axis unsharded.
 
-The Switch-Transformer load-balancing loss of the layer is sown as `intermediates/router_aux_loss`
-(a scalar per call; stacked per layer under `nn.scan`) for training to add with `router_aux_loss_coef`.
+For the Switch-Transformer load-balancing loss, each layer sows its router statistics as
+`intermediates/router_stats` (stacked per layer under `nn.scan`); `load_balancing_loss` pools them over
+all layers, as HF's `load_balancing_loss_func` does, and training adds it with `router_aux_loss_coef`
+when the config has `output_router_logits` (as HF's MixtralForCausalLM does).
 """
 from typing import Any, Optional
 
@@ -33,21 +35,29 @@ from vllama_jax.layers.linear import Dense, default_kernel_init
 DISPATCH_MODES = ("dense", "grouped")
 
 
-def load_balancing_loss(router_logits, top_idx, token_mask=None):
-    """Switch-Transformer auxiliary loss of one layer: N * sum_e f_e * P_e, f_e the share of top-k
-    assignments that go to expert e and P_e its mean router probability, over the valid tokens.
+def router_stats(router_logits, top_idx, token_mask=None):
+    """One layer's routing over its valid tokens, for the load-balancing loss:
+    {"assigned": (N,) top-k assignments per expert, "probs": (N,) summed router probabilities, "rows": ()}.
 
-    router_logits (B, L, N) float32; top_idx (B, L, k); token_mask (B, L) or None. Returns a scalar.
-    (HF pools f and P over all layers before the product; here each layer has its own loss.)
+    router_logits (B, L, N) float32; top_idx (B, L, k); token_mask (B, L) or None (every token counts).
     """
     n = router_logits.shape[-1]
     probs = jax.nn.softmax(router_logits, axis=-1)
     assigned = jax.nn.one_hot(top_idx, n, dtype=jnp.float32).sum(axis=-2)  # (B, L, N), sums to k per token
     w = jnp.ones(router_logits.shape[:-1], jnp.float32) if token_mask is None else token_mask.astype(jnp.float32)
-    rows = jnp.maximum(w.sum(), 1.0)
-    f = jnp.einsum("ble,bl->e", assigned, w) / rows
-    p = jnp.einsum("ble,bl->e", probs, w) / rows
-    return n * jnp.sum(f * p)
+    return {"assigned": jnp.einsum("ble,bl->e", assigned, w), "probs": jnp.einsum("ble,bl->e", probs, w),
+            "rows": w.sum()}
+
+
+def load_balancing_loss(stats):
+    """Switch-Transformer auxiliary loss N * sum_e f_e * P_e from `router_stats`, pooled over any leading
+    (layer) axes: f_e the share of all layers' top-k assignments that go to expert e, P_e its mean router
+    probability. Pooling before the product is HF's definition (not a mean of per-layer losses)."""
+    n = stats["assigned"].shape[-1]
+    assigned = stats["assigned"].reshape(-1, n).sum(axis=0)
+    probs = stats["probs"].reshape(-1, n).sum(axis=0)
+    rows = jnp.maximum(stats["rows"].sum(), 1.0)
+    return n * jnp.sum((assigned / rows) * (probs / rows))
 
 
 class Experts(nn.Module):
@@ -111,6 +121,6 @@ class SparseMoE(nn.Module):
                               name="gate")(x).astype(jnp.float32)
         top_logits, top_idx = jax.lax.top_k(router_logits, self.top_k)
         top_weights = jax.nn.softmax(top_logits, axis=-1)
-        self.sow("intermediates", "router_aux_loss", load_balancing_loss(router_logits, top_idx, token_mask))
+        self.sow("intermediates", "router_stats", router_stats(router_logits, top_idx, token_mask))
         return Experts(self.num_experts, self.hidden, self.dispatch, self.dtype, self.param_dtype,
                        name="experts")(x, top_idx, top_weights)

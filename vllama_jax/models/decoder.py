@@ -28,6 +28,7 @@ compiled shape (see layers/attention.py).
 from typing import Any
 
 import flax.linen as nn
+from flax.traverse_util import flatten_dict
 import jax
 import jax.numpy as jnp
 
@@ -36,7 +37,7 @@ from vllama_jax.config import DecoderConfig
 from vllama_jax.layers.attention import Attention
 from vllama_jax.layers.linear import Dense, default_kernel_init
 from vllama_jax.layers.mlp import GatedMLP
-from vllama_jax.layers.moe import SparseMoE
+from vllama_jax.layers.moe import SparseMoE, load_balancing_loss
 from vllama_jax.layers.norms import RMSNorm
 
 # Logical names of an activation at a block boundary, mapped to the mesh by sharding.LOGICAL_AXIS_RULES.
@@ -76,6 +77,15 @@ class DecoderLayer(nn.Module):
         return nn.with_logical_constraint(x + h, ACTIVATION_AXES), new_cache
 
 
+def router_aux_loss(intermediates) -> jax.Array:
+    """The load-balancing loss of all Mixtral layers, from the `intermediates` of an apply (with
+    mutable=["intermediates"]) of a Decoder or of a model holding one."""
+    stats = [v for k, v in flatten_dict(intermediates).items() if k[-1] == "router_stats"]
+    if len(stats) != 1:
+        raise ValueError(f"router_aux_loss: expected one decoder's router_stats in the intermediates, found {len(stats)}")
+    return load_balancing_loss(stats[0][0])  # sow keeps a tuple with one entry per call: one call here
+
+
 def _remat(layer_cls, policy: str):
     """`none`: no remat; `full`: recompute everything in the backward pass; any other name: that
     `jax.checkpoint_policies` policy (e.g. `dots_saveable`, `dots_with_no_batch_dims_saveable`)."""
@@ -101,8 +111,9 @@ def default_positions(attention_mask, batch: int, length: int, cache_index=None)
 
 
 class Decoder(nn.Module):
-    """Embedding -> scanned `DecoderLayer`s -> final norm -> LM head. Mixtral layers sow their
-    load-balancing loss as `intermediates/layers/block_sparse_moe/router_aux_loss` (one per layer)."""
+    """Embedding -> scanned `DecoderLayer`s -> final norm -> LM head. Mixtral layers sow their router
+    statistics as `intermediates/layers/block_sparse_moe/router_stats` (stacked per layer; see layers/moe.py
+    and `router_aux_loss`)."""
 
     config: DecoderConfig
     dtype: Any = jnp.float32

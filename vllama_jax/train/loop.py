@@ -39,7 +39,7 @@ from vllama_jax.train.flops import matmul_params, peak_flops, train_step_flops
 from vllama_jax.train.metrics import MetricsWriter
 from vllama_jax.train.optimizer import check_patterns, lr_schedule, make_optimizer, trainable_mask
 from vllama_jax.train.state import abstract_state, initial_params, new_state, state_shardings
-from vllama_jax.train.step import make_train_step
+from vllama_jax.train.step import make_train_step, router_loss_weight
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ def train_program(cfg: TrainConfig, model_cfg, mesh, steps: int) -> TrainProgram
     replicated = NamedSharding(mesh, PartitionSpec())
     step = jax.jit(
         make_train_step(model, tx, mask, lr_schedule(cfg.optimizer.learning_rate, steps, cfg.optimizer.warmup_ratio),
-                        cfg.train.grad_accum, batch_spec=batch_sh.spec),
+                        cfg.train.grad_accum, batch_spec=batch_sh.spec,
+                        router_aux_loss_coef=router_loss_weight(model_cfg)),
         in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated), donate_argnums=0,
         compiler_options=cfg.train.compiler_options())
     return TrainProgram(model, boxed, mask, tx, shardings, batch_sh, step, matmul_params(nn.unbox(boxed)))

@@ -5,7 +5,9 @@
 
 Batch: the model's batch (see `vllama_jax/models/videollama2.py`) plus `bad` (B,) bool, the rows the
 data pipeline had to skip. Loss: token cross-entropy averaged over every target token of the whole
-batch, so accumulating micro-batches gives the gradient of the full batch (not a mean of means).
+batch, so accumulating micro-batches gives the gradient of the full batch (not a mean of means). A
+Mixtral decoder whose config sets `output_router_logits` adds `router_aux_loss_coef` x its
+load-balancing loss (pooled over layers, per micro-batch), as HF's MixtralForCausalLM does.
 
 Only the trainable params are differentiated: the frozen ones enter as constants, so no weight
 gradients are computed or accumulated for them (XLA still runs the backward pass through a frozen
@@ -28,15 +30,24 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from vllama_jax.models.decoder import router_aux_loss
 from vllama_jax.train.loss import causal_lm_loss
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "video", "has_video", "audio", "has_audio")
 
 
+def router_loss_weight(config) -> float:
+    """The weight of the load-balancing loss in the training loss of a VideoLLaMA2Config's model: its
+    router_aux_loss_coef for a Mixtral decoder with output_router_logits (as HF trains it), else 0."""
+    dec = config.decoder
+    return dec.router_aux_loss_coef if dec.num_experts and dec.output_router_logits else 0.0
+
+
 def make_train_step(model, tx: optax.GradientTransformation, mask, schedule: Callable, grad_accum: int = 1,
-                    batch_spec=None) -> Callable:
+                    batch_spec=None, router_aux_loss_coef: float = 0.0) -> Callable:
     """`mask`: pytree of bools like the params (True = trains). `batch_spec`: the PartitionSpec of the
-    batch axis, re-applied to the micro-batch axis after the strided split."""
+    batch axis, re-applied to the micro-batch axis after the strided split. `router_aux_loss_coef`: the
+    weight of a Mixtral decoder's load-balancing loss (0: not computed; see `router_loss_weight`)."""
     flat_mask = traverse_util.flatten_dict(mask)
 
     def split(params):
@@ -48,8 +59,14 @@ def make_train_step(model, tx: optax.GradientTransformation, mask, schedule: Cal
 
     def loss_sum(trainable, frozen, batch, rng):
         inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
-        out = model.apply({"params": join(trainable, frozen)}, inputs, rngs={"dropout": rng})
+        variables = {"params": join(trainable, frozen)}
+        if router_aux_loss_coef:
+            out, state = model.apply(variables, inputs, rngs={"dropout": rng}, mutable=["intermediates"])
+        else:
+            out = model.apply(variables, inputs, rngs={"dropout": rng})
         mean, n = causal_lm_loss(out["logits"], out["labels"])
+        if router_aux_loss_coef:  # HF MixtralForCausalLM: cross-entropy + coef x load-balancing loss
+            mean = mean + router_aux_loss_coef * router_aux_loss(state["intermediates"])
         return mean * n, (n, out["attention_mask"].sum())
 
     value_and_grad = jax.value_and_grad(loss_sum, has_aux=True)

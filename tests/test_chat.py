@@ -130,3 +130,34 @@ def test_num_frames_at_inference_differs_from_training(media, caplog):
     # 8 frames of 4x4 patches through the STC connector: t' = 5, h' = w' = 3.
     assert num_video_tokens(model.config) == 5 * 3 * 3
     assert isinstance(model.chat("What moves?", video=media["silent"], max_new_tokens=2), str)
+
+
+@pytest.fixture(scope="module")
+def siglip_model():
+    return vllama_jax.load(str(FIXTURES / "v_qwen2_siglip_v35"))
+
+
+@pytest.mark.parametrize("kind,name", [("video", "sample_demo_3.mp4"), ("image", "extreme_ironing.jpg")])
+def test_siglip_chat_on_real_media_agrees_with_the_fixture_checked_forward(siglip_model, kind, name):
+    """VideoLLaMA2.1's layout (SigLIP, stc_connector_v35) through the whole chat path on the original's own
+    media: the answer is the decode of greedy tokens that the full forward (held against the original's
+    outputs in test_videollama2.py) also picks, position by position."""
+    import jax
+    from vllama_jax.inference import media_batch, until_eos
+    from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
+    from conftest import MEDIA
+
+    model, tok, n = siglip_model, siglip_model.tokenizer, 6
+    path = str(MEDIA / name)
+    with jax.default_matmul_precision("highest"):
+        answer = model.chat("What is in it?", **{kind: path}, max_new_tokens=n)
+        media = model.load_media(**{kind: path})
+        assert media[kind].shape[-3:] == (3, 56, 56)
+        prompt = build_prompt([{"role": "user", "content": "What is in it?"}], "qwen2", tok, kind)
+        ids = np.asarray(tokenize_multimodal(prompt, tok), np.int64)
+        new = model.generate(ids[None], media=[media], max_new_tokens=n, stop_at_eos=False)[0]
+        full = np.concatenate([ids, new[:-1]])[None]
+        batch = {"input_ids": full, "attention_mask": np.ones(full.shape, bool), **media_batch([media], model.config)}
+        logits = model.forward(batch)["logits"][0]
+    np.testing.assert_array_equal(logits[-n:].argmax(-1), new)
+    assert answer == tok.decode(until_eos(new, model.config.decoder.eos_ids), skip_special_tokens=True).strip()

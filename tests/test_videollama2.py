@@ -23,7 +23,7 @@ from vllama_jax.models.videollama2 import VideoLLaMA2
 from conftest import FIXTURES
 
 ATOL = 1e-4
-NAMES = ["v_mistral_clip_stc", "av_qwen2_clip_stc"]
+NAMES = ["v_mistral_clip_stc", "av_qwen2_clip_stc", "v_qwen2_siglip_v35"]
 
 
 @pytest.fixture(scope="module", params=NAMES)

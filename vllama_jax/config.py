@@ -193,6 +193,8 @@ class VisionConfig:
     # What VideoLLaMA 2 takes: hidden_states[select_layer]; 'patch' drops CLIP's class token.
     select_layer: int = -2
     select_feature: str = "patch"
+    # SigLIP's attention-pooling head (HF `vision_use_head`): in its checkpoints, never used by VideoLLaMA 2.
+    pooling_head: bool = False
 
     def __post_init__(self):
         if self.family not in VISION_FAMILIES:
@@ -240,6 +242,7 @@ class VisionConfig:
             hidden_act=d.get("hidden_act", act),
             select_layer=select_layer,
             select_feature=select_feature,
+            pooling_head=family == "siglip" and bool(d.get("vision_use_head", True)),
         )
 
     def to_hf_config(self) -> dict:
@@ -254,6 +257,7 @@ class VisionConfig:
             "num_attention_heads": self.num_heads,
             "layer_norm_eps": self.layer_norm_eps,
             "hidden_act": self.hidden_act,
+            **({"vision_use_head": self.pooling_head} if self.family == "siglip" else {}),
         }
 
 
@@ -408,7 +412,7 @@ CLIP_VIT_L_14_336 = VisionConfig(family="clip", image_size=336, patch_size=14, h
                                  hidden_act="quick_gelu")
 SIGLIP_SO400M_14_384 = VisionConfig(family="siglip", image_size=384, patch_size=14, hidden_size=1152,
                                     intermediate_size=4304, num_layers=27, num_heads=16, layer_norm_eps=1e-6,
-                                    hidden_act="gelu_pytorch_tanh")
+                                    hidden_act="gelu_pytorch_tanh", pooling_head=True)
 BEATS_ITER3_PLUS_AS2M = BEATsConfig()
 
 # Hub ids of the towers named by released configs' `mm_vision_tower`: built in, since nothing is downloaded.
@@ -462,7 +466,8 @@ TINY_DECODERS = {
 TINY_CLIP = VisionConfig(family="clip", image_size=56, patch_size=14, hidden_size=32, intermediate_size=64,
                          num_layers=2, num_heads=4, layer_norm_eps=1e-5, hidden_act="quick_gelu")
 TINY_SIGLIP = VisionConfig(family="siglip", image_size=56, patch_size=14, hidden_size=32, intermediate_size=64,
-                           num_layers=2, num_heads=4, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+                           num_layers=2, num_heads=4, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+                           pooling_head=True)
 TINY_BEATS = BEATsConfig(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
                          encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, num_buckets=32, max_distance=64)
 

@@ -1,6 +1,6 @@
 """The user-facing VideoLLaMA 2 object: `vllama_jax.load(path)` returns one.
 
-    model = vj.load("VideoLLaMA2-7B")                       # config, params, tokenizer, processor
+    model = vj.load("VideoLLaMA2-7B")                       # config, params, tokenizer, processor (loading.py)
     model.chat("What happens?", video="clip.mp4")           # -> str
     chat = model.new_chat(video="clip.mp4"); chat.ask("..."); chat.ask("and then?")   # multi-turn
     model.generate(input_ids, attention_mask, media=[{"video": frames}], max_new_tokens=32)  # (B, 32) ids
@@ -12,7 +12,6 @@ padded up to a multiple of `length_bucket`), and compiled programs persist on di
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -85,20 +84,6 @@ def media_batch(samples: Sequence[Optional[dict]], config: C.VideoLLaMA2Config, 
     return out
 
 
-def load_tokenizer(folder: str):
-    """The tokenizer of a checkpoint folder (transformers' AutoTokenizer; no model weights are read)."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    # transformers warns that config.json's videollama2_* model_type is unknown to it: expected here.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def _bucket(n: int, size: int) -> int:
     return -(-n // size) * size
 
@@ -107,7 +92,10 @@ class VideoLLaMA2Model:
     """Config, params, tokenizer and processor of one VideoLLaMA 2 checkpoint, with jitted entry points."""
 
     def __init__(self, config: C.VideoLLaMA2Config, params, tokenizer=None, processor=None, dtype=jnp.float32,
-                 path: Optional[str] = None, length_bucket: int = 64, max_context: Optional[int] = None):
+                 path: Optional[str] = None, length_bucket: int = 64, max_context: Optional[int] = None,
+                 unused: Optional[Dict[str, np.ndarray]] = None, vision_folder: Optional[str] = None):
+        """A loaded model (`vllama_jax.load` builds one). `unused`: checkpoint tensors the model never reads
+        (SigLIP's pooling head), kept so that `save` writes the keys the original writes."""
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
@@ -117,40 +105,18 @@ class VideoLLaMA2Model:
         self.length_bucket = length_bucket
         # RoPE runs past max_position_embeddings, but quality is only known within it: opt in to more.
         self.max_context = max_context or config.decoder.max_position_embeddings
+        self.unused = dict(unused or {})
+        self.vision_folder = vision_folder
         self.module = VideoLLaMA2(config, dtype=dtype, param_dtype=dtype)
         self._jit_cache: Dict[tuple, Callable] = {}
         self._stream_target: Optional[Callable] = None
 
-    # --- loading -----------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path: str, dtype=jnp.float32, num_frames: Optional[int] = None,
-                        aspect_ratio: Optional[str] = None, compilation_cache: bool = True,
-                        max_context: Optional[int] = None, base: Optional[str] = None):
-        from vllama_jax.loading import has_tokenizer, load_videollama2_config, videollama2_params, videollama2_state_dict
-
-        if compilation_cache:
-            enable_compilation_cache()
-        cfg, vision_folder, raw = load_videollama2_config(path)
-        state_dict, tokenizer_folder = videollama2_state_dict(path, base)  # `base`: of a LoRA folder
-        params = videollama2_params(cfg, state_dict, path, vision_folder)
-        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
-        if num_frames is not None and num_frames != cfg.num_frames:
-            log.warning("num_frames %d differs from the %d the checkpoint was trained with: the connector gives "
-                        "%d tokens per video instead of %d", num_frames, cfg.num_frames,
-                        num_video_tokens(cfg, num_frames), num_video_tokens(cfg))
-            cfg = dataclasses.replace(cfg, num_frames=num_frames)
-        tokenizer = None
-        if has_tokenizer(tokenizer_folder):
-            tokenizer = load_tokenizer(tokenizer_folder)
-        processor = None
-        if cfg.vision is not None:
-            try:
-                from vllama_jax.preprocess.processor import Processor
-                processor = Processor.from_pretrained(vision_folder or cfg.vision_tower_name,
-                                                      num_frames=cfg.num_frames, aspect_ratio=aspect_ratio)
-            except Exception as e:  # the model still runs on pre-processed inputs
-                log.warning("no image processor for %s (%s)", vision_folder or cfg.vision_tower_name, e)
-        return cls(cfg, params, tokenizer, processor, dtype=dtype, path=path, max_context=max_context)
+    def save(self, folder: str, dtype=np.float32) -> str:
+        """This model in the release layout (checkpoints/export.py), loadable by `vllama_jax.load` and by
+        the original PyTorch code."""
+        from vllama_jax.checkpoints.export import save_videollama2
+        return save_videollama2(folder, self.config, self.params, self.tokenizer, dtype=dtype, unused=self.unused,
+                                vision_folder=self.vision_folder)
 
     # --- forward -----------------------------------------------------------------------------------------
     def _jitted(self, name: str, fn: Callable, **static):

@@ -14,13 +14,17 @@ Resolving a VideoLLaMA 2 folder's parts:
     audio tower   config from the BEATs `.pt` named by `mm_audio_tower` when it can be found (else the released
                   BEATs iter3+ AS2M config); weights from the checkpoint's `model.audio_tower.*` keys, else
                   (a LoRA fine-tune, which leaves the frozen tower out) from that `.pt`.
+Weights go through the release table of checkpoints/release.py, the one export writes.
+
+Imports run one way: loading -> inference (`VideoLLaMA2Model` takes a loaded config, params, tokenizer
+and processor, and knows nothing of files).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -28,13 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vllama_jax import config as C
-from vllama_jax.checkpoints.hf_files import read_state_dict, read_torch_pickle, strip_prefix
-from vllama_jax.checkpoints.keymap import CheckpointError, KeyMap, to_params
+from vllama_jax.checkpoints.hf_files import read_state_dict, read_torch_pickle
+from vllama_jax.checkpoints.keymap import CheckpointError, to_params
 
 log = logging.getLogger(__name__)
-
-VISION_PREFIX = "model.vision_tower.vision_tower."
-AUDIO_PREFIX = "model.audio_tower."
 
 
 @dataclasses.dataclass
@@ -104,18 +105,28 @@ def resolve_vision_tower(name: str, base_dir: str):
         f"hub id ({', '.join(C.KNOWN_VISION_TOWERS)}). Put the tower folder there or edit mm_vision_tower.")
 
 
+def find_audio_tower_file(name: Optional[str], base_dir: str) -> Optional[str]:
+    """The BEATs `.pt` that `mm_audio_tower` names: absolute, relative to `base_dir`, or its file name there."""
+    if not name:
+        return None
+    for cand in (name, os.path.join(base_dir, name), os.path.join(base_dir, os.path.basename(name))):
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
 def resolve_audio_tower(name: Optional[str], base_dir: str):
     """`mm_audio_tower` -> (BEATsConfig, path of the .pt or None)."""
     if not name:
         return C.BEATS_ITER3_PLUS_AS2M, None
-    for cand in (name, os.path.join(base_dir, name), os.path.join(base_dir, os.path.basename(name))):
-        if os.path.isfile(cand):
-            try:
-                ckpt = read_torch_pickle(cand)
-                return C.BEATsConfig.from_hf_config(dict(ckpt["cfg"])), cand
-            except CheckpointError as e:  # torch missing: the default config is the released one
-                log.warning("%s; using the released BEATs iter3+ AS2M config", e)
-                return C.BEATS_ITER3_PLUS_AS2M, cand
+    cand = find_audio_tower_file(name, base_dir)
+    if cand is not None:
+        try:
+            ckpt = read_torch_pickle(cand)
+            return C.BEATsConfig.from_hf_config(dict(ckpt["cfg"])), cand
+        except CheckpointError as e:  # torch missing: the default config is the released one
+            log.warning("%s; using the released BEATs iter3+ AS2M config", e)
+            return C.BEATS_ITER3_PLUS_AS2M, cand
     log.warning("mm_audio_tower '%s' not found; using the released BEATs iter3+ AS2M config "
                 "(the weights come from the checkpoint)", name)
     return C.BEATS_ITER3_PLUS_AS2M, None
@@ -136,69 +147,6 @@ def dummy_batch(cfg: C.VideoLLaMA2Config, batch: int = 1, text_len: int = 4, fba
         b["audio"] = np.zeros((batch, fbank_frames, 128), np.float32)
         b["has_audio"] = np.ones((batch,), bool)
     return b
-
-
-def videollama2_params(cfg: C.VideoLLaMA2Config, state_dict, source: str, vision_folder: Optional[str] = None):
-    """All params of a VideoLLaMA 2 model from its checkpoint state dict (+ the tower folder when needed)."""
-    from vllama_jax.models.connectors import connector_key_map
-    from vllama_jax.models.videollama2 import VideoLLaMA2
-
-    expected = abstract_params(VideoLLaMA2(cfg), dummy_batch(cfg))
-    params = {}
-
-    # Decoder: everything that is not a multimodal part.
-    mm = ("model.vision_tower.", "model.mm_projector", "model.audio_tower.")
-    dec_sd = {k: v for k, v in state_dict.items() if not k.startswith(mm)}
-    params["decoder"] = decoder_params(cfg.decoder, dec_sd, source)
-
-    if cfg.vision is not None:
-        from vllama_jax.models.vision_tower import load_vision_tower, tower_params
-        if any(k.startswith(VISION_PREFIX) for k in state_dict):
-            params["vision"] = tower_params(cfg.vision, state_dict, VISION_PREFIX + "vision_model.",
-                                            source=f"{source} ({VISION_PREFIX}*)")
-        elif vision_folder is not None:
-            params["vision"] = load_vision_tower(vision_folder)[1]
-        else:
-            raise CheckpointError(
-                f"{source}: no {VISION_PREFIX}* keys and no vision tower folder for mm_vision_tower "
-                f"'{cfg.vision_tower_name}': put the tower's HF folder (config.json + weights) beside the checkpoint "
-                "or set mm_vision_tower to its path")
-        params["connector"] = to_params(strip_prefix(state_dict, "model.mm_projector."),
-                                        connector_key_map(cfg.connector), expected["connector"],
-                                        source=f"{source} (model.mm_projector.*)")
-    if cfg.audio is not None:
-        from vllama_jax.models.beats import beats_params_from_state_dict
-        audio_sd = strip_prefix(state_dict, AUDIO_PREFIX)
-        if audio_sd:
-            params["audio"] = beats_params_from_state_dict(audio_sd, cfg.audio, f"{source} ({AUDIO_PREFIX}*)")
-        else:  # a LoRA fine-tune keeps the frozen tower out of its files: the BEATs .pt it names
-            params["audio"] = _audio_tower_from_pt(cfg, source)
-        params["audio_projector"] = to_params(strip_prefix(state_dict, "model.mm_projector_a."),
-                                              connector_key_map(cfg.audio_projector), expected["audio_projector"],
-                                              source=f"{source} (model.mm_projector_a.*)")
-    # Shapes of the composed tree against the model's own.
-    for name, sub in expected.items():
-        if name not in params:
-            raise CheckpointError(f"{source}: nothing loaded for the model's '{name}' part")
-        got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), params[name])
-        want = jax.tree_util.tree_map(lambda x: tuple(x.shape), sub)
-        if got != want:
-            raise CheckpointError(f"{source}: the '{name}' part does not have the model's shapes")
-    return params
-
-
-def _audio_tower_from_pt(cfg: C.VideoLLaMA2Config, source: str) -> dict:
-    """BEATs params from the `.pt` that `mm_audio_tower` names (beside the checkpoint folder `source`)."""
-    from vllama_jax.models.beats import load_beats
-
-    _, pt = resolve_audio_tower(cfg.audio_tower_name, source if os.path.isdir(source) else os.path.dirname(source))
-    if pt is None:
-        raise CheckpointError(f"{source}: the config names an audio tower but there are no {AUDIO_PREFIX}* keys, "
-                              f"and its mm_audio_tower '{cfg.audio_tower_name}' is not a file there")
-    config, params = load_beats(pt)
-    if config != cfg.audio:
-        raise CheckpointError(f"{pt}: its BEATs config differs from the checkpoint's audio_tower_config")
-    return params
 
 
 def videollama2_state_dict(path: str, base: Optional[str] = None):
@@ -232,6 +180,79 @@ def load_videollama2_config(path: str):
     return C.VideoLLaMA2Config.from_hf_config(raw, vision=vision, audio=audio), vision_folder, raw
 
 
+@dataclasses.dataclass
+class Checkpoint:
+    """A VideoLLaMA 2 checkpoint read into host memory: what `VideoLLaMA2Model` and `convert` take."""
+
+    config: C.VideoLLaMA2Config
+    params: dict  # numpy arrays, in the checkpoint's dtype
+    unused: Dict[str, np.ndarray]  # tensors the model never reads (SigLIP's head), for export
+    tokenizer_folder: str
+    vision_folder: Optional[str]
+    path: str
+
+
+def read_videollama2(path: str, base: Optional[str] = None) -> Checkpoint:
+    """A VideoLLaMA 2 folder (or a LoRA fine-tune folder with its `base`) -> `Checkpoint`, through the
+    release table of checkpoints/release.py (the one `save_videollama2` writes)."""
+    from vllama_jax.checkpoints.release import AUDIO_PREFIX, read_release
+    from vllama_jax.models.videollama2 import VideoLLaMA2
+
+    cfg, vision_folder, _ = load_videollama2_config(path)
+    state_dict, tokenizer_folder = videollama2_state_dict(path, base)
+    audio_pt = None
+    if cfg.audio is not None and not any(k.startswith(AUDIO_PREFIX) for k in state_dict):
+        audio_pt = find_audio_tower_file(cfg.audio_tower_name, path)
+    expected = abstract_params(VideoLLaMA2(cfg), dummy_batch(cfg))
+    params, unused = read_release(cfg, state_dict, expected, path, vision_folder, audio_pt)
+    return Checkpoint(cfg, params, unused, tokenizer_folder, vision_folder, path)
+
+
+def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = None,
+                     aspect_ratio: Optional[str] = None, compilation_cache: bool = True,
+                     max_context: Optional[int] = None, base: Optional[str] = None):
+    """A VideoLLaMA 2 folder -> `inference.VideoLLaMA2Model` (params on the device in `dtype`, tokenizer and
+    processor when the folder has them). `num_frames` other than the checkpoint's changes the connector's
+    token count (a warning says so); `base`: the base model of a LoRA folder."""
+    from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
+    from vllama_jax.models.videollama2 import num_video_tokens
+
+    if compilation_cache:
+        enable_compilation_cache()
+    ckpt = read_videollama2(path, base)
+    cfg = ckpt.config
+    if num_frames is not None and num_frames != cfg.num_frames:
+        log.warning("num_frames %d differs from the %d the checkpoint was trained with: the connector gives "
+                    "%d tokens per video instead of %d", num_frames, cfg.num_frames,
+                    num_video_tokens(cfg, num_frames), num_video_tokens(cfg))
+        cfg = dataclasses.replace(cfg, num_frames=num_frames)
+    tokenizer = load_tokenizer(ckpt.tokenizer_folder) if has_tokenizer(ckpt.tokenizer_folder) else None
+    processor = None
+    if cfg.vision is not None:
+        try:
+            from vllama_jax.preprocess.processor import Processor
+            processor = Processor.from_pretrained(ckpt.vision_folder or cfg.vision_tower_name,
+                                                  num_frames=cfg.num_frames, aspect_ratio=aspect_ratio)
+        except Exception as e:  # the model still runs on pre-processed inputs
+            log.warning("no image processor for %s (%s)", ckpt.vision_folder or cfg.vision_tower_name, e)
+    return VideoLLaMA2Model(cfg, _as_jax(ckpt.params, dtype), tokenizer, processor, dtype=dtype, path=path,
+                            max_context=max_context, unused=ckpt.unused, vision_folder=ckpt.vision_folder)
+
+
+def load_tokenizer(folder: str):
+    """The tokenizer of a checkpoint folder (transformers' AutoTokenizer; no model weights are read)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # transformers warns that config.json's videollama2_* model_type is unknown to it: expected here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 # --- dispatch ----------------------------------------------------------------------------------------------
 
 def load(path: str, dtype=jnp.float32, **kwargs):
@@ -244,8 +265,7 @@ def load(path: str, dtype=jnp.float32, **kwargs):
     raw = C.load_config(path)
     model_type = raw.get("model_type", "")
     if model_type in C.VIDEOLLAMA2_MODEL_TYPES:
-        from vllama_jax.inference import VideoLLaMA2Model
-        return VideoLLaMA2Model.from_pretrained(path, dtype=dtype, **kwargs)
+        return load_videollama2(path, dtype=dtype, **kwargs)
     if model_type in C.DECODER_FAMILIES:
         cfg = C.DecoderConfig.from_hf_config(raw)
         module = decoder_module(cfg, dtype)

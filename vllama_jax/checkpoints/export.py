@@ -1,13 +1,17 @@
 """Write a VideoLLaMA 2 checkpoint folder in the release layout (original key names), atomically.
 
-    save_videollama2(folder, config, params, tokenizer=None, dtype=np.float32)
+    save_videollama2(folder, config, params, tokenizer=None, dtype=np.float32, unused=None, vision_folder=None)
 
-writes `config.json` (the original's fields), `model.safetensors` (decoder `model.*` / `lm_head.*`, the
-vision tower under `model.vision_tower.vision_tower.vision_model.*`, `model.mm_projector.*`, and for
-audio-visual models `model.audio_tower.*` / `model.mm_projector_a.*`), a `vision_tower/` folder (tower
-config + image processor config) that `mm_vision_tower` names, and the tokenizer files. Everything is
-written into a temporary folder beside `folder` and renamed into place, so a crash never leaves a
-half-written checkpoint. `vllama_jax.load(folder)` reads it back.
+writes `config.json` (the original's fields), `model.safetensors` with the keys the original writes for
+this config (checkpoints/release.py, the table `load` reads: decoder, connector, the whole vision tower
+on the `main` branch's video-only layout, BEATs and the audio projector on the audio-visual one), a
+`vision_tower/` folder that `mm_vision_tower` names (tower config + image processor config, and for the
+audio-visual layout the tower's weights, as the original reads them from there), and the tokenizer
+files. `unused`: tensors the model never reads but the original writes (SigLIP's pooling head), as
+`vllama_jax.load` set them aside (`model.unused`); else they are read from `vision_folder`.
+
+Everything is written into a temporary folder beside `folder` and renamed into place, so a crash never
+leaves a half-written checkpoint. `vllama_jax.load(folder)` reads it back; so does the original code.
 """
 from __future__ import annotations
 
@@ -15,14 +19,13 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
 from vllama_jax import config as C
-from vllama_jax.checkpoints.keymap import KeyMap, to_state_dict
+from vllama_jax.checkpoints.release import release_state_dicts
 
-VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
 TOWER_FOLDER = "vision_tower"
 
 CLIP_PROCESSOR = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "do_center_crop": True,
@@ -34,24 +37,6 @@ SIGLIP_PROCESSOR = {"image_processor_type": "SiglipImageProcessor", "do_resize":
                     "image_std": [0.5, 0.5, 0.5]}
 
 
-def videollama2_key_map(cfg: C.VideoLLaMA2Config) -> KeyMap:
-    """The whole model's table: release key -> our param path."""
-    from vllama_jax.models.connectors import connector_key_map
-    from vllama_jax.models.decoder import hf_key_map as decoder_map
-
-    km = decoder_map(cfg.decoder).with_prefix("", ("decoder",))
-    if cfg.vision is not None:
-        from vllama_jax.models import clip, siglip
-        tower = clip if cfg.vision.family == "clip" else siglip
-        km = km + tower.hf_key_map(cfg.vision, prefix=VISION_PREFIX).with_prefix("", ("vision",))
-        km = km + connector_key_map(cfg.connector).with_prefix("model.mm_projector.", ("connector",))
-    if cfg.audio is not None:
-        from vllama_jax.models.beats import hf_key_map as beats_map
-        km = km + beats_map(cfg.audio, prefix="model.audio_tower.").with_prefix("", ("audio",))
-        km = km + connector_key_map(cfg.audio_projector).with_prefix("model.mm_projector_a.", ("audio_projector",))
-    return km
-
-
 def processor_config(vision: C.VisionConfig) -> dict:
     if vision.family == "clip":
         return {**CLIP_PROCESSOR, "size": {"shortest_edge": vision.image_size},
@@ -59,7 +44,8 @@ def processor_config(vision: C.VisionConfig) -> dict:
     return {**SIGLIP_PROCESSOR, "size": {"height": vision.image_size, "width": vision.image_size}}
 
 
-def save_videollama2(folder: str, cfg: C.VideoLLaMA2Config, params, tokenizer=None, dtype=np.float32) -> str:
+def save_videollama2(folder: str, cfg: C.VideoLLaMA2Config, params, tokenizer=None, dtype=np.float32,
+                     unused: Optional[Mapping[str, np.ndarray]] = None, vision_folder: Optional[str] = None) -> str:
     """`dtype`: of the weights written (float32, or bfloat16 / ml_dtypes.bfloat16 for half the size)."""
     import ml_dtypes  # noqa: F401  (gives numpy the "bfloat16" dtype name)
     from safetensors.numpy import save_file
@@ -87,9 +73,12 @@ def save_videollama2(folder: str, cfg: C.VideoLLaMA2Config, params, tokenizer=No
         raw["torch_dtype"] = dtype.name
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(raw, f, indent=2)
-        state = to_state_dict(params, videollama2_key_map(cfg))
+        state, tower = release_state_dicts(cfg, params, unused, vision_folder)
         save_file({k: np.ascontiguousarray(np.asarray(v).astype(dtype)) for k, v in state.items()},
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        if tower is not None:
+            save_file({k: np.ascontiguousarray(np.asarray(v).astype(dtype)) for k, v in tower.items()},
+                      os.path.join(tmp, TOWER_FOLDER, "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if os.path.exists(folder):

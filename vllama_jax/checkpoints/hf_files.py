@@ -7,7 +7,8 @@ Formats, in the order they are looked for:
     *.pt                                   a torch pickle such as BEATs' `{"cfg", "model"}`
 
 Arrays keep their stored dtype (bfloat16 comes back as `ml_dtypes.bfloat16`). `keep` filters names
-before anything is read, so loading one part of a 72B checkpoint touches only that part's bytes.
+before anything is read, so loading one part of a 72B checkpoint touches only that part's bytes. The
+returned `StateDict` remembers which file each key came from (`.origin`), so errors can name it.
 """
 from __future__ import annotations
 
@@ -19,7 +20,20 @@ import numpy as np
 
 from vllama_jax.checkpoints.keymap import CheckpointError
 
-StateDict = Dict[str, np.ndarray]
+class StateDict(dict):
+    """{name: np.ndarray}, plus `origin`: {name: the file it was read from}."""
+
+    def __init__(self, *args, origin: Optional[Dict[str, str]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.origin: Dict[str, str] = dict(origin or {})
+
+    @classmethod
+    def from_file(cls, path: str, tensors: Dict[str, np.ndarray]) -> "StateDict":
+        return cls(tensors, origin={k: path for k in tensors})
+
+    def update_from(self, other: "StateDict"):
+        self.update(other)
+        self.origin.update(getattr(other, "origin", {}))
 
 
 def _read_safetensors(path: str, keep: Optional[Callable[[str], bool]]) -> StateDict:
@@ -33,7 +47,7 @@ def _read_safetensors(path: str, keep: Optional[Callable[[str], bool]]) -> State
                     out[k] = f.get_tensor(k)
     except Exception as e:  # a truncated or corrupt file
         raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from e
-    return out
+    return StateDict.from_file(path, out)
 
 
 def _torch_load(path: str):
@@ -61,7 +75,7 @@ def _read_torch(path: str, keep: Optional[Callable[[str], bool]]) -> StateDict:
     sd = _torch_load(path)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    return {k: torch_to_numpy(v) for k, v in sd.items() if keep is None or keep(k)}
+    return StateDict.from_file(path, {k: torch_to_numpy(v) for k, v in sd.items() if keep is None or keep(k)})
 
 
 def read_torch_pickle(path: str):
@@ -74,12 +88,12 @@ def _read_index(folder: str, index_name: str, reader, keep) -> StateDict:
     with open(index_path) as f:
         weight_map = json.load(f)["weight_map"]
     shards = sorted({v for k, v in weight_map.items() if keep is None or keep(k)})
-    out: StateDict = {}
+    out = StateDict()
     for shard in shards:
         shard_path = os.path.join(folder, shard)
         if not os.path.exists(shard_path):
             raise CheckpointError(f"{index_path}: shard {shard} is listed but missing from {folder}")
-        out.update(reader(shard_path, keep))
+        out.update_from(reader(shard_path, keep))
     return out
 
 
@@ -104,6 +118,9 @@ def read_state_dict(path: str, keep: Optional[Callable[[str], bool]] = None) -> 
     raise CheckpointError(f"{path}: no weights found (looked for " + ", ".join(n for n, _ in candidates) + ")")
 
 
-def strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
-    """The entries under `prefix`, with it removed."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+def strip_prefix(state_dict: Dict[str, np.ndarray], prefix: str) -> StateDict:
+    """The entries under `prefix`, with it removed (their origins kept)."""
+    origin = getattr(state_dict, "origin", {})
+    n = len(prefix)
+    return StateDict({k[n:]: v for k, v in state_dict.items() if k.startswith(prefix)},
+                     origin={k[n:]: f for k, f in origin.items() if k.startswith(prefix)})

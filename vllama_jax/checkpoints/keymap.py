@@ -8,9 +8,19 @@ A `KeyMap` is a table of entries `(hf_key, path, transform, layer)`:
     layer      for stacked params (a scanned layer stack, Mixtral's experts): the index on the stacked
                leading axis, or a tuple of indices for several stacked axes (layer, expert); else None
 
+Entries that share a `path` (and have no `layer`) are tied copies of one tensor: BEATs writes its one
+relative-position table under every layer's name. Loading needs one of them (all present must be equal);
+export writes every name.
+
+Besides the entries, a table carries
+    unused     {hf_key: shape}: tensors the original writes that the model never reads (SigLIP's pooling
+               head): read, checked for shape and set aside on load, written back on export
+    ignored    prefixes of buffers that hold no weights (`position_ids`, RoPE's `inv_freq`)
+
 Each model file builds its own table (`hf_key_map(config, prefix)`); `to_params` converts a state dict
 with it and checks everything against the model's expected shapes: a missing, unexpected or mis-shaped
-key is a `CheckpointError` naming the key and both shapes. `to_state_dict` is the inverse (export).
+key is a `CheckpointError` naming the file, the key and both shapes. `to_state_dict` is the inverse
+(export). checkpoints/release.py composes the tables of a whole VideoLLaMA 2 checkpoint.
 """
 from __future__ import annotations
 
@@ -60,10 +70,14 @@ class Entry:
 
 
 class KeyMap:
-    """An ordered table of `Entry`s; build with `add`, combine with `+`."""
+    """An ordered table of `Entry`s (+ `unused` shapes and `ignored` prefixes); build with `add`,
+    `add_unused`, `ignore`; combine with `+`."""
 
-    def __init__(self, entries: Iterable[Entry] = ()):
+    def __init__(self, entries: Iterable[Entry] = (), unused: Optional[Mapping[str, Tuple[int, ...]]] = None,
+                 ignored: Iterable[str] = ()):
         self.entries: List[Entry] = list(entries)
+        self.unused: Dict[str, Tuple[int, ...]] = dict(unused or {})
+        self.ignored: Tuple[str, ...] = tuple(ignored)
 
     def add(self, hf_key: str, path: Sequence[str], transform: str = "identity",
             layer: Optional[Union[int, Tuple[int, ...]]] = None):
@@ -74,8 +88,16 @@ class KeyMap:
         self.entries.append(Entry(hf_key, tuple(path), transform, layer))
         return self
 
+    def add_unused(self, hf_key: str, shape: Sequence[int]):
+        self.unused[hf_key] = tuple(shape)
+        return self
+
+    def ignore(self, *prefixes: str):
+        self.ignored += prefixes
+        return self
+
     def __add__(self, other: "KeyMap") -> "KeyMap":
-        return KeyMap(self.entries + other.entries)
+        return KeyMap(self.entries + other.entries, {**self.unused, **other.unused}, self.ignored + other.ignored)
 
     def __len__(self):
         return len(self.entries)
@@ -84,8 +106,23 @@ class KeyMap:
         return [e.hf_key for e in self.entries]
 
     def with_prefix(self, hf_prefix: str = "", path_prefix: Sequence[str] = ()) -> "KeyMap":
-        return KeyMap(Entry(hf_prefix + e.hf_key, tuple(path_prefix) + e.path, e.transform, e.layer)
-                      for e in self.entries)
+        return KeyMap((Entry(hf_prefix + e.hf_key, tuple(path_prefix) + e.path, e.transform, e.layer)
+                       for e in self.entries), {hf_prefix + k: v for k, v in self.unused.items()},
+                      tuple(hf_prefix + p for p in self.ignored))
+
+    def rebased(self, old: str, new: str) -> "KeyMap":
+        """The same table with the leading `old` of every checkpoint name replaced by `new` (a part read
+        from its own file: the vision tower's folder names `vision_model.*`, not `model.vision_tower...`)."""
+        def re(k):
+            if not k.startswith(old):
+                raise ValueError(f"{k} does not start with {old}")
+            return new + k[len(old):]
+        return KeyMap((Entry(re(e.hf_key), e.path, e.transform, e.layer) for e in self.entries),
+                      {re(k): v for k, v in self.unused.items()}, tuple(re(p) for p in self.ignored))
+
+    def names(self) -> set:
+        """Every checkpoint name this table reads (entries and unused tensors)."""
+        return set(self.hf_keys()) | set(self.unused)
 
 
 def flatten(tree: Mapping, prefix: Tuple[str, ...] = ()) -> Dict[Tuple[str, ...], object]:
@@ -112,43 +149,87 @@ def _shape(x) -> Tuple[int, ...]:
     return tuple(getattr(x, "shape", ()))
 
 
+def _origin(state_dict, key: str, source: str) -> str:
+    """The file a key was read from (hf_files.StateDict records it), else `source`."""
+    return getattr(state_dict, "origin", {}).get(key, source)
+
+
+def _release_shape(e: Entry, exp_flat) -> Tuple[int, ...]:
+    """The shape the checkpoint should hold for `e` (PyTorch layout, one slice of a stacked param)."""
+    if e.path not in exp_flat:
+        return ()
+    want = _shape(exp_flat[e.path])[len(e.layer or ()):]
+    return tuple(TRANSFORMS[e.transform][1](np.empty(want, np.int8)).shape)
+
+
+def _listed(items: Sequence[str]) -> str:
+    return "; ".join(items[:8]) + (f"; (and {len(items) - 8} more)" if len(items) > 8 else "")
+
+
 def to_params(state_dict: Mapping[str, np.ndarray], keymap: KeyMap, expected: Mapping,
-              source: str = "checkpoint", allow_unexpected: Iterable[str] = (), dtype=None) -> dict:
+              source: str = "checkpoint", allow_unexpected: Iterable[str] = (), dtype=None,
+              unused_out: Optional[Dict[str, np.ndarray]] = None) -> dict:
     """Convert `state_dict` (HF name -> array) to our nested params.
 
     `expected` is our param tree of shapes (`jax.eval_shape(model.init, ...)['params']`, unboxed) and
     must be covered exactly: every leaf filled, every shape right. Keys of `state_dict` that the map
-    does not name are errors unless they start with one of `allow_unexpected` (buffers such as
-    `position_ids`, or parts that another map will read). `dtype` casts every array (default: keep).
+    does not name are errors unless they start with one of the map's `ignored` prefixes or of
+    `allow_unexpected` (parts that another map will read). The map's `unused` tensors are checked for
+    shape and put in `unused_out` when given. `dtype` casts every array (default: keep).
+    Errors name the file (`state_dict.origin`, else `source`), the key and both shapes.
     """
     exp_flat = flatten(expected)
-    missing = [e.hf_key for e in keymap.entries if e.hf_key not in state_dict]
+    present = set(state_dict)
+    ties: Dict[Tuple[str, ...], List[Entry]] = {}
+    for e in keymap.entries:
+        if e.layer is None:
+            ties.setdefault(e.path, []).append(e)
+    missing = []
+    for e in keymap.entries:
+        group = ties.get(e.path, [e]) if e.layer is None else [e]
+        if e.hf_key not in present and not any(t.hf_key in present for t in group):
+            if e is group[0]:
+                missing.append(f"{e.hf_key}: model expects {_release_shape(e, exp_flat)}, checkpoint has no such key")
     if missing:
-        shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
-        raise CheckpointError(f"{source}: missing key(s) {shown}")
-    named = set(keymap.hf_keys())
-    allow = tuple(allow_unexpected)
-    unexpected = [k for k in state_dict if k not in named and not (allow and k.startswith(allow))]
+        raise CheckpointError(f"{source}: missing key(s) {_listed(missing)}")
+    named = keymap.names()
+    allow = tuple(allow_unexpected) + keymap.ignored
+    unexpected = sorted(k for k in state_dict if k not in named and not (allow and k.startswith(allow)))
     if unexpected:
-        shown = ", ".join(sorted(unexpected)[:8]) + (f" (and {len(unexpected) - 8} more)" if len(unexpected) > 8 else "")
-        raise CheckpointError(f"{source}: unexpected key(s) {shown}")
+        raise CheckpointError(f"{_origin(state_dict, unexpected[0], source)}: unexpected key(s) " + _listed(
+            [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model has no such param" for k in unexpected]))
+    for k, want in keymap.unused.items():
+        if k in state_dict:
+            got = tuple(np.shape(state_dict[k]))
+            if got != tuple(want):
+                raise CheckpointError(f"{_origin(state_dict, k, source)}: key {k}: checkpoint {got}, "
+                                      f"expected {tuple(want)} (a tensor the model does not use, checked all the same)")
+            if unused_out is not None:
+                unused_out[k] = np.asarray(state_dict[k])
 
     stacks: Dict[Tuple[str, ...], Dict[Tuple[int, ...], Tuple[Entry, np.ndarray]]] = {}
     flat: Dict[Tuple[str, ...], np.ndarray] = {}
     for e in keymap.entries:
+        if e.hf_key not in present:
+            continue  # a tied copy another name provides
         if e.path not in exp_flat:
-            raise CheckpointError(f"{source}: key {e.hf_key} maps to {'/'.join(e.path)}, which the model does not have")
-        arr = TRANSFORMS[e.transform][0](np.asarray(state_dict[e.hf_key]))
+            raise CheckpointError(f"{_origin(state_dict, e.hf_key, source)}: key {e.hf_key} maps to "
+                                  f"{'/'.join(e.path)}, which the model does not have")
+        raw = np.asarray(state_dict[e.hf_key])
+        arr = TRANSFORMS[e.transform][0](raw)
         if dtype is not None:
             arr = arr.astype(dtype)
-        want = _shape(exp_flat[e.path])
-        if e.layer is not None:
-            want = want[len(e.layer):]
+        want = _shape(exp_flat[e.path])[len(e.layer or ()):]
         if arr.shape != want:
             at = "/".join(e.path) + ("" if e.layer is None else str(list(e.layer)))
-            raise CheckpointError(f"{source}: key {e.hf_key} has shape {tuple(np.shape(state_dict[e.hf_key]))} "
-                                  f"(as ours {arr.shape}), the model expects {want} at {at}")
+            raise CheckpointError(f"{_origin(state_dict, e.hf_key, source)}: key {e.hf_key}: checkpoint "
+                                  f"{tuple(raw.shape)}, model expects {_release_shape(e, exp_flat)} "
+                                  f"(ours: {at} {want})")
         if e.layer is None:
+            if e.path in flat and not np.array_equal(flat[e.path], arr):
+                first = next(t.hf_key for t in ties[e.path] if t.hf_key in present)
+                raise CheckpointError(f"{_origin(state_dict, e.hf_key, source)}: {e.hf_key} differs from "
+                                      f"{first}; they are copies of one tensor ({'/'.join(e.path)}) and must be equal")
             flat[e.path] = arr
         else:
             stacks.setdefault(e.path, {})[e.layer] = (e, arr)
@@ -170,8 +251,11 @@ def to_params(state_dict: Mapping[str, np.ndarray], keymap: KeyMap, expected: Ma
     return unflatten(flat)
 
 
-def to_state_dict(params: Mapping, keymap: KeyMap) -> Dict[str, np.ndarray]:
-    """The inverse of `to_params`: our params -> HF names and PyTorch layouts (for export)."""
+def to_state_dict(params: Mapping, keymap: KeyMap, unused: Optional[Mapping[str, np.ndarray]] = None
+                  ) -> Dict[str, np.ndarray]:
+    """The inverse of `to_params`: our params -> HF names and PyTorch layouts (for export); tied copies
+    under every name, and the map's unused tensors taken from `unused` (those it lacks are left out:
+    `missing_unused` lists them)."""
     flat = flatten(params)
     out = {}
     for e in keymap.entries:
@@ -179,4 +263,13 @@ def to_state_dict(params: Mapping, keymap: KeyMap) -> Dict[str, np.ndarray]:
         if e.layer is not None:
             arr = arr[tuple(e.layer)]
         out[e.hf_key] = TRANSFORMS[e.transform][1](arr)
+    for k, shape in keymap.unused.items():
+        if unused is not None and k in unused:
+            if tuple(np.shape(unused[k])) != tuple(shape):
+                raise CheckpointError(f"{k}: given {tuple(np.shape(unused[k]))}, the layout has {tuple(shape)}")
+            out[k] = np.asarray(unused[k])
     return out
+
+
+def missing_unused(keymap: KeyMap, unused: Optional[Mapping[str, np.ndarray]]) -> List[str]:
+    return [k for k in keymap.unused if unused is None or k not in unused]

@@ -34,17 +34,8 @@ def add_arguments(p):
 
 def _tokenizer(folder: Optional[str]):
     """The tokenizer saved in `folder`, or None when it has none."""
-    from vllama_jax.inference import load_tokenizer
-    from vllama_jax.loading import has_tokenizer
+    from vllama_jax.loading import has_tokenizer, load_tokenizer
     return load_tokenizer(folder) if folder and has_tokenizer(folder) else None
-
-
-def from_folder(src: str, base: Optional[str] = None):
-    """(config, params, tokenizer) of a release-layout or LoRA folder."""
-    from vllama_jax.loading import load_videollama2_config, videollama2_params, videollama2_state_dict
-    cfg, vision_folder, _ = load_videollama2_config(src)
-    state_dict, tokenizer_folder = videollama2_state_dict(src, base)
-    return cfg, videollama2_params(cfg, state_dict, src, vision_folder), _tokenizer(tokenizer_folder)
 
 
 def from_run(run_dir: str, step: Optional[int] = None):
@@ -65,6 +56,8 @@ def from_run(run_dir: str, step: Optional[int] = None):
 def convert(src: str, dst: str, base: Optional[str] = None, dtype: str = "float32", step: Optional[int] = None) -> str:
     from vllama_jax.checkpoints.export import save_videollama2
     from vllama_jax.checkpoints.orbax import is_run_dir
+    from vllama_jax.loading import read_videollama2
+    unused, vision_folder = None, None
     if is_run_dir(src):
         if base is not None:
             raise SystemExit(f"{src}: --base is for LoRA folders; this is a training run")
@@ -72,10 +65,12 @@ def convert(src: str, dst: str, base: Optional[str] = None, dtype: str = "float3
     else:
         if step is not None:
             raise SystemExit(f"{src}: --step is for training runs; this is a checkpoint folder")
-        cfg, params, tokenizer = from_folder(src, base)
+        ckpt = read_videollama2(src, base)
+        cfg, params, tokenizer = ckpt.config, ckpt.params, _tokenizer(ckpt.tokenizer_folder)
+        unused, vision_folder = ckpt.unused, ckpt.vision_folder
     if tokenizer is None:
         log.warning("%s: no tokenizer found; %s will hold weights and config only", src, dst)
-    return save_videollama2(dst, cfg, params, tokenizer, dtype=dtype)
+    return save_videollama2(dst, cfg, params, tokenizer, dtype=dtype, unused=unused, vision_folder=vision_folder)
 
 
 def main(args) -> int:

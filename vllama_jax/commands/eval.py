@@ -191,7 +191,7 @@ def main(args) -> int:
     import vllama_jax
     from vllama_jax.evaluation.benchmarks import read_benchmark
     from vllama_jax.evaluation.prompts import instruction
-    from vllama_jax.inference import load_tokenizer
+    from vllama_jax.loading import load_tokenizer
     from vllama_jax.loading import load_videollama2_config
 
     logging.basicConfig(level=logging.INFO)

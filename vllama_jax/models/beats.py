@@ -32,8 +32,7 @@ The parts, as the original (`model/beats/BEATs.py`, `backbone.py` of VideoLLaMA 
 from __future__ import annotations
 
 import math
-import re
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Mapping, Tuple
 
 import flax.linen as nn
 import jax
@@ -229,16 +228,17 @@ class BEATs(nn.Module):
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------
 
-SHARED_TABLE_KEY = "encoder.layers.0.self_attn.relative_attention_bias.weight"
-_TABLE_KEY_RE = re.compile(r"encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight")
+TABLE_KEY = "encoder.layers.{}.self_attn.relative_attention_bias.weight"
 # The AudioSet classifier head of fine-tuned BEATs: in the released .pt, unused by VideoLLaMA 2.
 UNUSED_PREFIXES = ("predictor.",)
 
 
 def hf_key_map(config: BEATsConfig, prefix: str = "") -> KeyMap:
-    """Original names (`patch_embedding.weight`, `encoder.layers.{i}.self_attn.q_proj.weight`, ...,
-    the shared table as `encoder.layers.0.self_attn.relative_attention_bias.weight`) -> our params."""
-    km = KeyMap()
+    """Original names (`patch_embedding.weight`, `encoder.layers.{i}.self_attn.q_proj.weight`, ...) ->
+    our params. The layers share one relative-position table, which a torch state dict names once per
+    layer (`encoder.layers.{i}.self_attn.relative_attention_bias.weight`): tied entries, so loading
+    takes any of them (all present must be equal) and export writes each, as the original does."""
+    km = KeyMap().ignore(*UNUSED_PREFIXES)
     km.add("patch_embedding.weight", ("patch_embedding", "kernel"), "conv")
     if config.conv_bias:
         km.add("patch_embedding.bias", ("patch_embedding", "bias"))
@@ -253,7 +253,8 @@ def hf_key_map(config: BEATsConfig, prefix: str = "") -> KeyMap:
     km.add("encoder.layer_norm.weight", enc + ("layer_norm", "scale"))
     km.add("encoder.layer_norm.bias", enc + ("layer_norm", "bias"))
     if config.relative_position_embedding:
-        km.add(SHARED_TABLE_KEY, enc + ("relative_attention_bias",))
+        for i in range(config.encoder_layers):
+            km.add(TABLE_KEY.format(i), enc + ("relative_attention_bias",))
 
     linears = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"]
     if config.gru_rel_pos and config.relative_position_embedding:
@@ -280,43 +281,25 @@ def abstract_params(config: BEATsConfig) -> dict:
     return nn.unbox(shapes)["params"]
 
 
-def _one_shared_table(state_dict: Mapping[str, np.ndarray], source: str) -> Dict[str, np.ndarray]:
-    """The state dict with the relative-position table under layer 0's name only.
-
-    The original's layers share one table, so a torch state dict names it once per layer (the
-    checkpoints of VideoLLaMA 2 hold a copy under every layer); a hand-made one may name it once,
-    under any layer. The copies must be equal.
-    """
-    sd = dict(state_dict)
-    names = sorted((k for k in sd if _TABLE_KEY_RE.fullmatch(k)), key=lambda k: int(_TABLE_KEY_RE.fullmatch(k)[1]))
-    if not names:
-        return sd
-    first = np.asarray(sd[names[0]])
-    for name in names[1:]:
-        if not np.array_equal(np.asarray(sd[name]), first):
-            raise CheckpointError(f"{source}: {name} differs from {names[0]}; BEATs layers share one "
-                                  "relative position table, so every copy must be equal")
-        del sd[name]
-    sd[SHARED_TABLE_KEY] = sd.pop(names[0])
-    return sd
-
-
 def beats_params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: BEATsConfig,
                                  source: str = "BEATs checkpoint") -> dict:
     """Original BEATs names (no `model.audio_tower.` prefix) -> our params; errors name `source`."""
     _check_config(config)
-    sd = _one_shared_table(state_dict, source)
-    return to_params(sd, hf_key_map(config), abstract_params(config), source=source,
-                     allow_unexpected=UNUSED_PREFIXES)
+    return to_params(state_dict, hf_key_map(config), abstract_params(config), source=source)
 
 
-def load_beats(path: str) -> Tuple[BEATsConfig, dict]:
-    """A BEATs `.pt` (a torch pickle `{"cfg": dict, "model": state_dict}`; needs torch) -> (config, params)."""
-    from vllama_jax.checkpoints.hf_files import read_torch_pickle, torch_to_numpy
+def read_beats_pt(path: str):
+    """A BEATs `.pt` (a torch pickle `{"cfg": dict, "model": state_dict}`; needs torch) -> (config, state dict)."""
+    from vllama_jax.checkpoints.hf_files import StateDict, read_torch_pickle, torch_to_numpy
 
     ckpt = read_torch_pickle(path)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), Mapping)):
         raise CheckpointError(f"{path}: not a BEATs checkpoint (expected a dict with 'cfg' and 'model')")
     config = BEATsConfig.from_hf_config(dict(ckpt.get("cfg") or {}))
-    state_dict = {k: torch_to_numpy(v) for k, v in ckpt["model"].items()}
+    return config, StateDict.from_file(path, {k: torch_to_numpy(v) for k, v in ckpt["model"].items()})
+
+
+def load_beats(path: str) -> Tuple[BEATsConfig, dict]:
+    """A BEATs `.pt` -> (config, params)."""
+    config, state_dict = read_beats_pt(path)
     return config, beats_params_from_state_dict(state_dict, config, path)

@@ -20,8 +20,8 @@ from vllama_jax.config import VisionConfig
 from vllama_jax.layers.norms import LayerNorm
 from vllama_jax.layers.vit import Encoder, PatchEmbedding, encoder_key_map, layers_for_select
 
-# Checkpoint entries that are not weights: older transformers saved the `position_ids` buffer.
-UNUSED_KEYS = ("embeddings.position_ids",)
+# A buffer (not a weight) that older transformers saved.
+IGNORED_KEYS = ("embeddings.position_ids",)
 
 
 class CLIPVisionTower(nn.Module):
@@ -61,7 +61,7 @@ class CLIPVisionTower(nn.Module):
 def hf_key_map(config: VisionConfig, prefix: str = "vision_model.") -> KeyMap:
     """HF `CLIPVisionModel` names under `prefix` (`model.vision_tower.vision_tower.vision_model.` inside a
     video-only VideoLLaMA 2 checkpoint) -> our params. Note HF's `pre_layrnorm` spelling."""
-    km = KeyMap()
+    km = KeyMap().ignore(*(prefix + k for k in IGNORED_KEYS))
     km.add(f"{prefix}embeddings.patch_embedding.weight", ("embeddings", "patch_embedding", "kernel"), "conv")
     km.add(f"{prefix}embeddings.class_embedding", ("embeddings", "class_embedding"))
     km.add(f"{prefix}embeddings.position_embedding.weight", ("embeddings", "position_embedding"))

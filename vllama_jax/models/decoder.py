@@ -190,8 +190,10 @@ def abstract_params(config: DecoderConfig, param_dtype=jnp.float32):
 
 
 def hf_key_map(config: DecoderConfig) -> KeyMap:
-    """HF checkpoint names (as released: `model.layers.{i}.*`, Mixtral experts one by one) -> our params."""
-    km = KeyMap().add("model.embed_tokens.weight", ("embed_tokens", "embedding"))
+    """HF checkpoint names (as released: `model.layers.{i}.*`, Mixtral experts one by one) -> our params.
+    RoPE's `inv_freq` buffers that some saves carry hold no weights: ignored."""
+    km = KeyMap().ignore("model.rotary_emb", "rotary_emb")
+    km.add("model.embed_tokens.weight", ("embed_tokens", "embedding"))
     for i in range(config.num_layers):
         hf = f"model.layers.{i}."
         km.add(hf + "input_layernorm.weight", ("layers", "input_layernorm", "scale"), layer=i)

@@ -7,7 +7,8 @@ Unlike CLIP there is no norm before the encoder, and the final norm is applied t
 VideoLLaMA 2.1 takes `hidden_states[select_layer]` (before that final norm): `features()` -> (N, P, C).
 
 HF's attention-pooling head (`vision_model.head.*`) gives one vector per image, which VideoLLaMA 2
-never uses: it is not built here, and its checkpoint keys are skipped when loading (`UNUSED_KEYS`).
+never uses: it is not built here; the key map lists its tensors as `unused` (read, checked for shape,
+set aside, written back on export: the original's checkpoints carry them).
 
 Params: `embeddings/{patch_embedding, position_embedding}`, `encoder/layers/*` (stacked, see
 layers/vit.py), `post_layernorm`.
@@ -22,8 +23,8 @@ from vllama_jax.config import VisionConfig
 from vllama_jax.layers.norms import LayerNorm
 from vllama_jax.layers.vit import Encoder, PatchEmbedding, encoder_key_map, layers_for_select
 
-# Checkpoint entries that are not loaded: the pooling head, and the `position_ids` buffer of older saves.
-UNUSED_KEYS = ("head.", "embeddings.position_ids")
+# A buffer (not a weight) that older transformers saved.
+IGNORED_KEYS = ("embeddings.position_ids",)
 
 
 class SiglipVisionTower(nn.Module):
@@ -57,13 +58,24 @@ class SiglipVisionTower(nn.Module):
         """What VideoLLaMA 2.1 passes to its connector: hidden_states[select_layer] (N, P, C)."""
         if self.config.select_feature != "patch":
             raise ValueError(f"SigLIP select_feature '{self.config.select_feature}' is not 'patch'")
-        return self._encode(pixel_values, layers_for_select(self.config), False)[0]
+        x = self._encode(pixel_values, layers_for_select(self.config), False)[0]
+        if self.is_initializing():  # create post_layernorm too: the params mirror HF's SiglipVisionModel
+            self.post_layernorm(x)
+        return x
 
 
 def hf_key_map(config: VisionConfig, prefix: str = "vision_model.") -> KeyMap:
-    """HF `SiglipVisionModel` names under `prefix` -> our params. The pooling head (`{prefix}head.*`) is
-    not mapped: load with `allow_unexpected=(prefix + "head.",)` (as `load_vision_tower` does)."""
-    km = KeyMap()
+    """HF `SiglipVisionModel` names under `prefix` -> our params; the pooling head (`{prefix}head.*`,
+    HF's `SiglipMultiheadAttentionPoolingHead`) as unused tensors of their shapes."""
+    km = KeyMap().ignore(*(prefix + k for k in IGNORED_KEYS))
+    if config.pooling_head:
+        c, i = config.hidden_size, config.intermediate_size
+        for name, shape in (("probe", (1, 1, c)), ("attention.in_proj_weight", (3 * c, c)),
+                            ("attention.in_proj_bias", (3 * c,)), ("attention.out_proj.weight", (c, c)),
+                            ("attention.out_proj.bias", (c,)), ("layernorm.weight", (c,)), ("layernorm.bias", (c,)),
+                            ("mlp.fc1.weight", (i, c)), ("mlp.fc1.bias", (i,)), ("mlp.fc2.weight", (c, i)),
+                            ("mlp.fc2.bias", (c,))):
+            km.add_unused(f"{prefix}head.{name}", shape)
     km.add(f"{prefix}embeddings.patch_embedding.weight", ("embeddings", "patch_embedding", "kernel"), "conv")
     km.add(f"{prefix}embeddings.patch_embedding.bias", ("embeddings", "patch_embedding", "bias"))
     km.add(f"{prefix}embeddings.position_embedding.weight", ("embeddings", "position_embedding"))

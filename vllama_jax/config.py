@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Optional, Tuple, Union
 
 # Placeholder ids in `input_ids`, as the original uses them (constants.py of VideoLLaMA 2).
@@ -265,22 +266,57 @@ class VisionConfig:
 # Connectors (vision-language) and the audio projector
 # ----------------------------------------------------------------------------------------------------
 
-CONNECTOR_TYPES = ("stc_connector", "stp_connector", "stc_connector_v35", "spatial_conv", "spatial_pool",
-                   "mlp2x_gelu", "linear", "identity")
+@dataclasses.dataclass(frozen=True)
+class SpatioTemporalSpec:
+    """What sets one STC-family type apart: its sampler and whether it has RegNet stages."""
+
+    sampler: str  # "conv" (Conv3d + SiLU, params `sampler`) or "pool" (AvgPool3d + SiLU)
+    downsample: Tuple[int, int, int]  # (t, h, w) kernel = stride
+    padding: int  # on every side of t, h and w (the conv only)
+    stage_depth: int  # RegNet blocks per stage; 0: no `s1` / `s2`
+
+
+# `mm_projector_type` -> what it is: the one table of types (models/connectors.py builds each family).
+SPATIO_TEMPORAL_TYPES = {
+    "stc_connector": SpatioTemporalSpec("conv", (2, 2, 2), 1, 4),
+    "stp_connector": SpatioTemporalSpec("pool", (2, 2, 2), 0, 4),
+    "stc_connector_v35": SpatioTemporalSpec("conv", (2, 2, 2), 0, 4),
+    "spatial_conv": SpatioTemporalSpec("conv", (1, 2, 2), 1, 0),
+    "spatial_pool": SpatioTemporalSpec("pool", (1, 2, 2), 0, 0),
+}
+CONNECTOR_TYPES = tuple(SPATIO_TEMPORAL_TYPES) + ("mlp2x_gelu", "linear", "identity")
+_MLP_TYPE = re.compile(r"mlp(\d+)x_gelu")  # any depth N, as the original's regex
 
 
 @dataclasses.dataclass(frozen=True)
 class ConnectorConfig:
-    """`mm_projector_type` with its widths. `mlpNx_gelu` types are any depth N (the regex of the original)."""
+    """`mm_projector_type` with its widths; `family` says which module it is (checked when made):
+    "spatio_temporal" (`spec`), "mlp" (`mlp_depth` linear layers; `linear` is depth 1) or "identity"."""
 
     type: str = "stc_connector"
     in_dim: int = 1024  # mm_hidden_size: the vision tower (or BEATs) width
     out_dim: int = 4096  # the decoder width
 
     def __post_init__(self):
-        import re
-        if self.type not in CONNECTOR_TYPES and not re.fullmatch(r"mlp\d+x_gelu", self.type):
-            raise ConfigError(f"unknown projector type '{self.type}'; known: {', '.join(CONNECTOR_TYPES)} (or mlpNx_gelu)")
+        self.family  # noqa: B018  (raises ConfigError for an unknown type)
+
+    @property
+    def family(self) -> str:
+        if self.type in SPATIO_TEMPORAL_TYPES:
+            return "spatio_temporal"
+        if self.type == "identity":
+            return "identity"
+        if self.type == "linear" or _MLP_TYPE.fullmatch(self.type):
+            return "mlp"
+        raise ConfigError(f"unknown projector type '{self.type}'; known: {', '.join(CONNECTOR_TYPES)} (or mlpNx_gelu)")
+
+    @property
+    def spec(self) -> SpatioTemporalSpec:
+        return SPATIO_TEMPORAL_TYPES[self.type]
+
+    @property
+    def mlp_depth(self) -> int:
+        return 1 if self.type == "linear" else int(_MLP_TYPE.fullmatch(self.type).group(1))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -42,53 +42,17 @@ Checkpoint names (`connector_key_map`) are relative to the projector: `s1.b1.con
 """
 import dataclasses
 import math
-import re
-from typing import Any, Optional, Tuple
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from vllama_jax.checkpoints.keymap import KeyMap
-from vllama_jax.config import CONNECTOR_TYPES, ConfigError, ConnectorConfig
+from vllama_jax.config import ConfigError, ConnectorConfig, SpatioTemporalSpec
 from vllama_jax.layers.linear import Dense
 from vllama_jax.layers.regstage import RegStage, conv, regstage_key_map
 
-STAGE_DEPTH = 4  # RegNet blocks per stage in the STC family
 READOUT_DEPTH = 2  # Linear, GELU, Linear after the stages
-
-
-@dataclasses.dataclass(frozen=True)
-class SpatioTemporalSpec:
-    """What sets one STC-family type apart: its sampler and whether it has RegNet stages."""
-
-    sampler: str  # "conv" (Conv3d + SiLU, params `sampler`) or "pool" (AvgPool3d + SiLU)
-    downsample: Tuple[int, int, int]  # (t, h, w) kernel = stride
-    padding: int  # on every side of t, h and w (the conv only)
-    stage_depth: int  # 0: no `s1` / `s2`
-
-
-SPATIO_TEMPORAL = {
-    "stc_connector": SpatioTemporalSpec("conv", (2, 2, 2), 1, STAGE_DEPTH),
-    "stp_connector": SpatioTemporalSpec("pool", (2, 2, 2), 0, STAGE_DEPTH),
-    "stc_connector_v35": SpatioTemporalSpec("conv", (2, 2, 2), 0, STAGE_DEPTH),
-    "spatial_conv": SpatioTemporalSpec("conv", (1, 2, 2), 1, 0),
-    "spatial_pool": SpatioTemporalSpec("pool", (1, 2, 2), 0, 0),
-}
-
-
-def _mlp_depth(kind: str) -> Optional[int]:
-    """Depth of an MLP type (`linear` is depth 1), None for any other type."""
-    if kind == "linear":
-        return 1
-    m = re.fullmatch(r"mlp(\d+)x_gelu", kind)
-    return int(m.group(1)) if m else None
-
-
-def _check_type(config: ConnectorConfig) -> str:
-    kind = config.type
-    if kind not in SPATIO_TEMPORAL and kind != "identity" and _mlp_depth(kind) is None:
-        raise ConfigError(f"unknown projector type '{kind}'; known: {', '.join(CONNECTOR_TYPES)} (or mlpNx_gelu)")
-    return kind
 
 
 def _side(n: int, what: str, x_shape) -> int:
@@ -171,32 +135,10 @@ class IdentityConnector(nn.Module):
         return x.astype(self.dtype)
 
 
-def build_connector(config: ConnectorConfig, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.Module:
-    """The connector module of `config.type`; `module(x)` maps (B, T, N, C_in) (or (B, L, C_in) for the
-    MLP types and identity) to (B, tokens, out_dim)."""
-    kind = _check_type(config)
-    if kind in SPATIO_TEMPORAL:
-        return SpatioTemporalConnector(SPATIO_TEMPORAL[kind], config.out_dim, dtype=dtype, param_dtype=param_dtype)
-    if kind == "identity":
-        if config.in_dim != config.out_dim:
-            raise ConfigError(f"identity projector needs in_dim == out_dim, got {config.in_dim} -> {config.out_dim}")
-        return IdentityConnector(dtype=dtype)
-    return MLPProjector(_mlp_depth(kind), config.out_dim, dtype=dtype, param_dtype=param_dtype)
+# --- the families: module, token count, checkpoint names ---------------------------------------------------
 
-
-def num_connector_tokens(config: ConnectorConfig, num_frames: int, num_patches: int) -> int:
-    """Tokens that `build_connector(config)` makes from `num_frames` frames of `num_patches` patches.
-
-    STC family: each of (t, h, w) with kernel = stride = k and padding p becomes
-    floor((n + 2p - k) / k) + 1, and the tokens are t' * h' * w' (845 for stc_connector on 8 frames of
-    24 x 24). MLP types average the frames: num_patches. identity: num_frames * num_patches.
-    """
-    kind = _check_type(config)
-    if kind == "identity":
-        return num_frames * num_patches
-    if kind not in SPATIO_TEMPORAL:
-        return num_patches
-    spec = SPATIO_TEMPORAL[kind]
+def _stc_tokens(config: ConnectorConfig, num_frames: int, num_patches: int) -> int:
+    spec = config.spec
     side = _side(num_patches, "num_patches", (num_frames, num_patches))
     p = spec.padding if spec.sampler == "conv" else 0
     t, h, w = ((n + 2 * p - k) // k + 1 for n, k in zip((num_frames, side, side), spec.downsample))
@@ -213,16 +155,8 @@ def _mlp_key_map(depth: int, numbered: bool = True) -> KeyMap:
     return km
 
 
-def connector_key_map(config: ConnectorConfig) -> KeyMap:
-    """Checkpoint names relative to the projector -> our param paths (add the prefix with `with_prefix`)."""
-    kind = _check_type(config)
-    if kind == "identity":
-        return KeyMap()
-    if kind not in SPATIO_TEMPORAL:
-        depth = _mlp_depth(kind)
-        return _mlp_key_map(depth, numbered=kind != "linear")
-    spec = SPATIO_TEMPORAL[kind]
-    km = KeyMap()
+def _stc_key_map(config: ConnectorConfig) -> KeyMap:
+    spec, km = config.spec, KeyMap()
     if spec.stage_depth:
         km += regstage_key_map(spec.stage_depth, config.in_dim, config.out_dim).with_prefix("s1.", ("s1",))
     if spec.sampler == "conv":
@@ -231,3 +165,51 @@ def connector_key_map(config: ConnectorConfig) -> KeyMap:
     if spec.stage_depth:
         km += regstage_key_map(spec.stage_depth, config.out_dim, config.out_dim).with_prefix("s2.", ("s2",))
     return km + _mlp_key_map(READOUT_DEPTH).with_prefix("readout.", ("readout",))
+
+
+def _identity(config: ConnectorConfig, dtype, param_dtype) -> nn.Module:
+    if config.in_dim != config.out_dim:
+        raise ConfigError(f"identity projector needs in_dim == out_dim, got {config.in_dim} -> {config.out_dim}")
+    return IdentityConnector(dtype=dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectorFamily:
+    build: Callable[[ConnectorConfig, Any, Any], nn.Module]
+    tokens: Callable[[ConnectorConfig, int, int], int]  # (config, num_frames, num_patches) -> tokens
+    key_map: Callable[[ConnectorConfig], KeyMap]
+
+
+# `ConnectorConfig.family` -> how to build it, how many tokens it makes, its checkpoint names.
+FAMILIES = {
+    "spatio_temporal": ConnectorFamily(
+        lambda c, dtype, param_dtype: SpatioTemporalConnector(c.spec, c.out_dim, dtype=dtype, param_dtype=param_dtype),
+        _stc_tokens, _stc_key_map),
+    "mlp": ConnectorFamily(
+        lambda c, dtype, param_dtype: MLPProjector(c.mlp_depth, c.out_dim, dtype=dtype, param_dtype=param_dtype),
+        lambda c, num_frames, num_patches: num_patches,  # frames are averaged
+        lambda c: _mlp_key_map(c.mlp_depth, numbered=c.type != "linear")),
+    "identity": ConnectorFamily(_identity, lambda c, num_frames, num_patches: num_frames * num_patches,
+                                lambda c: KeyMap()),
+}
+
+
+def build_connector(config: ConnectorConfig, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.Module:
+    """The connector module of `config.type`; `module(x)` maps (B, T, N, C_in) (or (B, L, C_in) for the
+    MLP types and identity) to (B, tokens, out_dim)."""
+    return FAMILIES[config.family].build(config, dtype, param_dtype)
+
+
+def num_connector_tokens(config: ConnectorConfig, num_frames: int, num_patches: int) -> int:
+    """Tokens that `build_connector(config)` makes from `num_frames` frames of `num_patches` patches.
+
+    STC family: each of (t, h, w) with kernel = stride = k and padding p becomes
+    floor((n + 2p - k) / k) + 1, and the tokens are t' * h' * w' (845 for stc_connector on 8 frames of
+    24 x 24). MLP types average the frames: num_patches. identity: num_frames * num_patches.
+    """
+    return FAMILIES[config.family].tokens(config, num_frames, num_patches)
+
+
+def connector_key_map(config: ConnectorConfig) -> KeyMap:
+    """Checkpoint names relative to the projector -> our param paths (add the prefix with `with_prefix`)."""
+    return FAMILIES[config.family].key_map(config)

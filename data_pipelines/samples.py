@@ -31,10 +31,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vllama_jax.config import IGNORE_INDEX, MODAL_TOKEN_INDEX
+from vllama_jax.models.sequence import FBANK_FRAMES, MEL_BINS
 
 log = logging.getLogger(__name__)
 
-AUDIO_SHAPE = (2998, 128)  # 30 s of 10 ms fbank frames, 128 mel bins: what BEATs receives
+AUDIO_SHAPE = (FBANK_FRAMES, MEL_BINS)  # 30 s of 10 ms fbank frames: what BEATs receives
 MEDIA_KEYS = {"video": "<video>", "image": "<image>", "audio": "<audio>"}
 _LOAD_LOCK = threading.Lock()  # grain decodes in several threads; load the tokenizer once
 

@@ -122,13 +122,13 @@ def test_video_only_model_refuses_audio_clearly(video_model, media):
 
 
 def test_num_frames_at_inference_differs_from_training(media, caplog):
-    from vllama_jax.models.videollama2 import num_video_tokens
+    from vllama_jax.models.sequence import video_tokens
     with caplog.at_level("WARNING"):
         model = vllama_jax.load(str(FIXTURES / "v_mistral_clip_stc"), num_frames=8)
     assert "differs from the 4" in caplog.text
     assert model.config.num_frames == 8 and model.processor.num_frames == 8
     # 8 frames of 4x4 patches through the STC connector: t' = 5, h' = w' = 3.
-    assert num_video_tokens(model.config) == 5 * 3 * 3
+    assert video_tokens(model.config) == 5 * 3 * 3
     assert isinstance(model.chat("What moves?", video=media["silent"], max_new_tokens=2), str)
 
 

@@ -24,7 +24,8 @@ import numpy as np
 from vllama_jax import config as C
 from vllama_jax.generate import check_context, generate_from_embeds
 from vllama_jax.models.decoder import init_cache
-from vllama_jax.models.videollama2 import VideoLLaMA2, num_audio_tokens, num_video_tokens
+from vllama_jax.models.sequence import media_tokens
+from vllama_jax.models.videollama2 import VideoLLaMA2
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +197,8 @@ class VideoLLaMA2Model:
             pad = length - ids.shape[1]
             ids = np.concatenate([np.zeros((b, pad), ids.dtype), ids], axis=1)
             mask = np.concatenate([np.zeros((b, pad), bool), mask], axis=1)
-        media_tokens = num_video_tokens(self.config) if "video" in media else 0
-        if "audio" in media and self.config.audio is not None:
-            media_tokens += num_audio_tokens(self.config, media["audio"].shape[1])
-        real = int(mask.sum(axis=1).max()) + media_tokens
+        fbank_frames = media["audio"].shape[1] if "audio" in media and self.config.audio is not None else None
+        real = int(mask.sum(axis=1).max()) + media_tokens(self.config, "video" in media, fbank_frames)
         check_context(real, max_new_tokens, self.max_context)
         batch = {"input_ids": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask),
                  **{k: jnp.asarray(v) for k, v in media.items()}}

@@ -134,21 +134,6 @@ def resolve_audio_tower(name: Optional[str], base_dir: str):
 
 # --- the whole model ---------------------------------------------------------------------------------------
 
-def dummy_batch(cfg: C.VideoLLaMA2Config, batch: int = 1, text_len: int = 4, fbank_frames: int = 32):
-    """The smallest batch of the right structure (for init / eval_shape)."""
-    ids = np.zeros((batch, text_len), np.int32)
-    ids[:, 1] = C.VIDEO_TOKEN_INDEX
-    b = {"input_ids": ids, "attention_mask": np.ones((batch, text_len), bool)}
-    if cfg.vision is not None:
-        v = cfg.vision
-        b["video"] = np.zeros((batch, cfg.num_frames, v.num_channels, v.image_size, v.image_size), np.float32)
-        b["has_video"] = np.ones((batch,), bool)
-    if cfg.audio is not None:
-        b["audio"] = np.zeros((batch, fbank_frames, 128), np.float32)
-        b["has_audio"] = np.ones((batch,), bool)
-    return b
-
-
 def videollama2_state_dict(path: str, base: Optional[str] = None):
     """(state dict under release names, folder of its tokenizer) of a VideoLLaMA 2 folder; a LoRA fine-tune
     folder (checkpoints/lora.py) is merged with its base model in memory."""
@@ -196,6 +181,7 @@ def read_videollama2(path: str, base: Optional[str] = None) -> Checkpoint:
     """A VideoLLaMA 2 folder (or a LoRA fine-tune folder with its `base`) -> `Checkpoint`, through the
     release table of checkpoints/release.py (the one `save_videollama2` writes)."""
     from vllama_jax.checkpoints.release import AUDIO_PREFIX, read_release
+    from vllama_jax.models.sequence import dummy_batch
     from vllama_jax.models.videollama2 import VideoLLaMA2
 
     cfg, vision_folder, _ = load_videollama2_config(path)
@@ -215,7 +201,7 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
     processor when the folder has them). `num_frames` other than the checkpoint's changes the connector's
     token count (a warning says so); `base`: the base model of a LoRA folder."""
     from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
-    from vllama_jax.models.videollama2 import num_video_tokens
+    from vllama_jax.models.sequence import video_tokens
 
     if compilation_cache:
         enable_compilation_cache()
@@ -224,7 +210,7 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
     if num_frames is not None and num_frames != cfg.num_frames:
         log.warning("num_frames %d differs from the %d the checkpoint was trained with: the connector gives "
                     "%d tokens per video instead of %d", num_frames, cfg.num_frames,
-                    num_video_tokens(cfg, num_frames), num_video_tokens(cfg))
+                    video_tokens(cfg, num_frames), video_tokens(cfg))
         cfg = dataclasses.replace(cfg, num_frames=num_frames)
     tokenizer = load_tokenizer(ckpt.tokenizer_folder) if has_tokenizer(ckpt.tokenizer_folder) else None
     processor = None

@@ -50,7 +50,7 @@ def make_checkpoint(folder: str, texts, seed: int = 0):
 
     from vllama_jax.checkpoints.export import save_videollama2
     from vllama_jax.config import PRESETS
-    from vllama_jax.loading import dummy_batch
+    from vllama_jax.models.sequence import dummy_batch
     from vllama_jax.models.videollama2 import VideoLLaMA2
 
     tokenizer = build_tokenizer(texts)

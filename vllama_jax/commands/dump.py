@@ -40,7 +40,8 @@ def fixture_samples(inputs) -> list:
 
 def _dump_videollama2(model, inputs, greedy: int):
     from vllama_jax.inference import media_batch
-    from vllama_jax.models.videollama2 import is_placeholder, num_audio_tokens, num_video_tokens
+    from vllama_jax.models.sequence import spliced_length
+    from vllama_jax.models.videollama2 import is_placeholder
     from vllama_jax.train.loss import causal_lm_loss
 
     cfg = model.config
@@ -55,12 +56,12 @@ def _dump_videollama2(model, inputs, greedy: int):
     out = model.forward(batch)
 
     # The original pads the batch to its longest spliced sample; our buffer has a fixed, possibly longer, length.
-    nv = num_video_tokens(cfg) if cfg.vision is not None else 0
-    na = num_audio_tokens(cfg, media["audio"].shape[1]) if "audio" in media else 0
     lengths = []
     for i in range(ids.shape[0]):
-        m = nv * bool(media.get("has_video", [0] * len(samples))[i]) + na * bool(media.get("has_audio", [0] * len(samples))[i])
-        lengths.append(ids.shape[1] - 1 + m if is_placeholder(ids[i]).any() else ids.shape[1])
+        has_video = cfg.vision is not None and bool(media["has_video"][i])
+        fbank_frames = media["audio"].shape[1] if "audio" in media and media["has_audio"][i] else None
+        placeholder = is_placeholder(ids[i]).any()
+        lengths.append(spliced_length(cfg, ids.shape[1], has_video, fbank_frames) if placeholder else ids.shape[1])
     length = max(lengths)
     result = {k: out[k][:, :length] for k in ("logits", "inputs_embeds", "attention_mask")}
     if labels is not None:

@@ -22,7 +22,7 @@ Params: {"decoder", "vision", "connector"} and, with audio, {"audio", "audio_pro
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax.linen as nn
 import jax
@@ -30,24 +30,9 @@ import jax.numpy as jnp
 
 from vllama_jax.config import (AUDIO_TOKEN_INDEX, IGNORE_INDEX, IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX,
                                VideoLLaMA2Config)
-from vllama_jax.models.connectors import build_connector, num_connector_tokens
+from vllama_jax.models.connectors import build_connector
 from vllama_jax.models.decoder import Decoder
 from vllama_jax.models.vision_tower import vision_tower_class
-
-
-def num_video_tokens(config: VideoLLaMA2Config, num_frames: Optional[int] = None) -> int:
-    """Connector tokens per video/image for `num_frames` frames (default: the config's)."""
-    if config.vision is None:
-        return 0
-    return num_connector_tokens(config.connector, num_frames or config.num_frames, config.vision.num_feature_tokens)
-
-
-def num_audio_tokens(config: VideoLLaMA2Config, fbank_frames: int) -> int:
-    """BEATs tokens for an fbank of `fbank_frames` frames: 16x16 patches over (frames, 128)."""
-    if config.audio is None:
-        return 0
-    p = config.audio.input_patch_size
-    return (fbank_frames // p) * (128 // p)
 
 
 def is_placeholder(ids):

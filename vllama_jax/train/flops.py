@@ -67,8 +67,8 @@ def train_step_flops(config: VideoLLaMA2Config, counts: Dict[str, int], trains: 
     if config.vision is not None:
         tokens["vision"] = tokens["connector"] = batch * config.num_frames * config.vision.num_positions
     if config.audio is not None:
-        from vllama_jax.models.videollama2 import num_audio_tokens
-        tokens["audio"] = tokens["audio_projector"] = batch * num_audio_tokens(config, 2998)
+        from vllama_jax.models.sequence import audio_tokens
+        tokens["audio"] = tokens["audio_projector"] = batch * audio_tokens(config)
     total = 0.0
     for part, n in counts.items():
         passes = 1 + any(trains.get(u, False) for u in UPSTREAM.get(part, ())) + trains.get(part, False)

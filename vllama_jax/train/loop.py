@@ -31,8 +31,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from data_pipelines.from_config import train_data
 from data_pipelines.samples import pad_text_to
 from vllama_jax.checkpoints.orbax import Checkpointer
-from vllama_jax.loading import boxed_abstract_params, dummy_batch
-from vllama_jax.models.videollama2 import VideoLLaMA2, num_audio_tokens, num_video_tokens
+from vllama_jax.loading import boxed_abstract_params
+from vllama_jax.models.sequence import FBANK_FRAMES, dummy_batch, spliced_length
+from vllama_jax.models.videollama2 import VideoLLaMA2
 from vllama_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_mesh, shard_batch, use_mesh
 from vllama_jax.train.config import TrainConfig
 from vllama_jax.train.flops import matmul_params, peak_flops, train_step_flops
@@ -98,7 +99,7 @@ class TrainProgram:
     def seq_len(self, text_len: int) -> int:
         """L', the length the decoder sees: `text_len` with the placeholder replaced by the media tokens."""
         cfg = self.model.config
-        return text_len - 1 + num_video_tokens(cfg) + num_audio_tokens(cfg, 2998)
+        return spliced_length(cfg, text_len, cfg.vision is not None, FBANK_FRAMES if cfg.audio is not None else None)
 
     def step_flops(self, batch_size: int, text_len: int) -> float:
         """Estimated FLOPs of one step over `batch_size` samples padded to `text_len` text tokens."""

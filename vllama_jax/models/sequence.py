@@ -1,0 +1,66 @@
+"""The sequence geometry of VideoLLaMA 2: how many decoder positions each modality takes.
+
+    video / image   Nv = connector tokens of T frames of P patches (models/connectors.py; 845 for
+                    stc_connector on 8 frames of CLIP-L/336's 24 x 24 patches); an image is T copies
+    audio           Na = BEATs 16 x 16 patches over (F, 128) fbank frames: (F // 16) * 8 (1496 for 30 s)
+    spliced length  L' = L - 1 + Nv + Na: the sample's one placeholder replaced by its features
+
+`dummy_batch` is the smallest batch of the model's structure (for init / eval_shape). Everything here
+is host arithmetic on the config: no arrays, nothing compiled.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from vllama_jax import config as C
+from vllama_jax.models.connectors import num_connector_tokens
+
+# 30 s of sound at 16 kHz in Kaldi fbank frames of 25 ms every 10 ms: 1 + (480000 - 400) // 160. What the
+# original feeds BEATs for every audio input (preprocess/audio.py pads or cuts to it).
+FBANK_FRAMES = 2998
+MEL_BINS = 128
+
+
+def video_tokens(cfg: C.VideoLLaMA2Config, num_frames: Optional[int] = None) -> int:
+    """Nv: connector tokens per video / image for `num_frames` frames (default: the config's)."""
+    if cfg.vision is None:
+        return 0
+    return num_connector_tokens(cfg.connector, num_frames or cfg.num_frames, cfg.vision.num_feature_tokens)
+
+
+def audio_tokens(cfg: C.VideoLLaMA2Config, fbank_frames: int = FBANK_FRAMES) -> int:
+    """Na: BEATs tokens for an fbank of `fbank_frames` frames (16 x 16 patches over (frames, 128))."""
+    if cfg.audio is None:
+        return 0
+    p = cfg.audio.input_patch_size
+    return (fbank_frames // p) * (MEL_BINS // p)
+
+
+def media_tokens(cfg: C.VideoLLaMA2Config, video: bool = True, fbank_frames: Optional[int] = None,
+                 num_frames: Optional[int] = None) -> int:
+    """Nv (when `video`) + Na (when `fbank_frames` is given): what one sample's placeholder becomes."""
+    n = video_tokens(cfg, num_frames) if video else 0
+    return n + (audio_tokens(cfg, fbank_frames) if fbank_frames is not None else 0)
+
+
+def spliced_length(cfg: C.VideoLLaMA2Config, text_len: int, video: bool = True, fbank_frames: Optional[int] = None,
+                   num_frames: Optional[int] = None) -> int:
+    """L' = L - 1 + Nv + Na: the decoder's length for `text_len` tokens with one placeholder."""
+    return text_len - 1 + media_tokens(cfg, video, fbank_frames, num_frames)
+
+
+def dummy_batch(cfg: C.VideoLLaMA2Config, batch: int = 1, text_len: int = 4, fbank_frames: int = 32) -> dict:
+    """The smallest batch of the model's structure (for init / eval_shape): see models/videollama2.py."""
+    ids = np.zeros((batch, text_len), np.int32)
+    ids[:, 1] = C.VIDEO_TOKEN_INDEX
+    b = {"input_ids": ids, "attention_mask": np.ones((batch, text_len), bool)}
+    if cfg.vision is not None:
+        v = cfg.vision
+        b["video"] = np.zeros((batch, cfg.num_frames, v.num_channels, v.image_size, v.image_size), np.float32)
+        b["has_video"] = np.ones((batch,), bool)
+    if cfg.audio is not None:
+        b["audio"] = np.zeros((batch, fbank_frames, MEL_BINS), np.float32)
+        b["has_audio"] = np.ones((batch,), bool)
+    return b

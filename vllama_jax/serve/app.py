@@ -38,12 +38,13 @@ class Server:
 
     def __init__(self, model, max_batch: int = 8, max_len: Optional[int] = None, media_root: Optional[str] = None,
                  api_key: Optional[str] = None, name: Optional[str] = None, max_body: int = DEFAULT_MAX_BODY,
-                 workers: int = 2, default_max_tokens: int = 256):
+                 workers: int = 2, default_max_tokens: int = 256, decode_steps: int = 1):
         if model.tokenizer is None:
             raise ValueError(f"{model.path}: no tokenizer files in the checkpoint folder; serving needs one")
         self.model = model
         self.tokenizer_lock = threading.Lock()
-        self.engine = Engine(model, max_batch=max_batch, max_len=max_len, tokenizer_lock=self.tokenizer_lock)
+        self.engine = Engine(model, max_batch=max_batch, max_len=max_len, tokenizer_lock=self.tokenizer_lock,
+                             decode_steps=decode_steps)
         self.root = MediaRoot(media_root)
         self.api_key = api_key
         self.max_body = max_body

@@ -126,12 +126,15 @@ class Engine:
     """Continuous batching over `max_batch` KV-cache slots of `max_len` positions (see the module doc)."""
 
     def __init__(self, model, max_batch: int = 8, max_len: Optional[int] = None, length_bucket: int = 64,
-                 tokenizer_lock: Optional[threading.Lock] = None):
+                 tokenizer_lock: Optional[threading.Lock] = None, decode_steps: int = 1):
         self.model = model
         self.cfg = model.config.decoder
         self.max_batch = int(max_batch)
         self.max_len = int(max_len or model.max_context)
         self.length_bucket = length_bucket
+        # Tokens per compiled call: 1 lets a new request join at the very next token; k > 1 runs k steps
+        # in one call (less host work per token; a request joins or leaves at the next call).
+        self.decode_steps = int(decode_steps)
         self.eos = set(self.cfg.eos_ids)
         self.tokenizer = model.tokenizer
         self.tokenizer_lock = tokenizer_lock or threading.Lock()
@@ -142,6 +145,7 @@ class Engine:
         self._stop = False
         self.error: Optional[BaseException] = None
         self.steps = 0
+        self.timers = {"prefill_s": 0.0, "step_s": 0.0, "host_s": 0.0, "prefills": 0}  # where the loop's time goes
         self._state = None
         self._prefills: Dict[tuple, Callable] = {}
         self._step = jax.jit(self._step_fn, donate_argnums=(1,))
@@ -158,6 +162,15 @@ class Engine:
         return self.model.module.apply({"params": params}, method=VideoLLaMA2.decode, **kw)
 
     def _step_fn(self, params, state, active):
+        """`decode_steps` tokens for every row -> (state, tokens (B, decode_steps))."""
+        if self.decode_steps == 1:
+            state, tok = self._one_step(params, state, active)
+            return state, tok[:, None]
+        state, toks = jax.lax.scan(lambda st, _: self._one_step(params, st, active), state, None,
+                                   length=self.decode_steps)
+        return state, toks.T
+
+    def _one_step(self, params, state, active):
         """One token for every row: sample from `logits`, write it at `pos`, compute the next logits."""
         tok, keys = sample_rows(state["logits"], state["keys"], state["temperature"], state["top_k"],
                                 state["top_p"])
@@ -209,9 +222,13 @@ class Engine:
         if key not in self._prefills:
             self._prefills[key] = jax.jit(self._prefill_fn, donate_argnums=(1,))
         p = handle.params
+        t0 = time.perf_counter()
         self._state = self._prefills[key](
             self.model.params, self._state, batch, jnp.int32(slot), jax.random.PRNGKey(p.seed),
             jnp.float32(p.temperature), jnp.int32(p.top_k), jnp.float32(p.top_p))
+        jax.block_until_ready(self._state["pos"])
+        self.timers["prefill_s"] += time.perf_counter() - t0
+        self.timers["prefills"] += 1
 
     def warmup(self, prompts: Sequence[Prompt] = ()):
         """Compile the step (and the prefill of each given prompt's shape) before serving."""
@@ -260,7 +277,7 @@ class Engine:
 
     def load(self) -> dict:
         return {"running": sum(h is not None for h in self._slots), "waiting": len(self._queue),
-                "slots": self.max_batch, "steps": self.steps}
+                "slots": self.max_batch, "steps": self.steps, **{k: round(v, 3) for k, v in self.timers.items()}}
 
     def _free(self, slot: int, reason: Optional[str]):
         h = self._slots[slot]
@@ -309,21 +326,30 @@ class Engine:
                 active_rows = [h is not None for h in self._slots]
                 if not any(active_rows):
                     continue
+                t0 = time.perf_counter()
                 self._state, tok = self._step(self.model.params, self._state, jnp.asarray(active_rows))
-                tok = np.asarray(tok)
-                self.steps += 1
+                tok = np.asarray(tok)  # (B, decode_steps)
+                self.steps += tok.shape[1]
                 now = time.perf_counter()
+                self.timers["step_s"] += now - t0
                 for i, h in enumerate(self._slots):
                     if h is None:
                         continue
-                    t = int(tok[i])
-                    h.ids.append(t)
                     if h.first_token_at is None:
                         h.first_token_at = now
-                    if t in self.eos:
-                        self._free(i, "stop")
-                    elif self._flush(h) or len(h.ids) >= h.params.max_tokens:
-                        self._free(i, h.finish_reason or "length")
+                    for t in tok[i].tolist():
+                        h.ids.append(t)
+                        if t in self.eos:
+                            self._free(i, "stop")
+                            break
+                        if len(h.ids) >= h.params.max_tokens:
+                            self._flush(h)
+                            self._free(i, h.finish_reason or "length")
+                            break
+                    else:
+                        if self._flush(h):
+                            self._free(i, "stop")
+                self.timers["host_s"] += time.perf_counter() - now
         except BaseException as e:  # the engine is dead: tell every waiting request
             log.exception("engine loop failed")
             self.error = e

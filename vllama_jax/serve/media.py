@@ -38,6 +38,7 @@ class MediaRef:
     param: str
     data: Optional[str] = None
     format: Optional[str] = None
+    frames: Optional[list] = None  # kind "frames": [(url, param)], the images that are one video's frames
 
 
 class MediaRoot:
@@ -137,6 +138,9 @@ def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None) -
         processor = Processor(processor.config, num_frames=num_frames,
                               aspect_ratio="pad" if processor.aspect_ratio == "pad" else None)
     for ref in refs:
+        if ref.kind == "frames":
+            out["video"] = _frames_video(ref, root, processor)
+            continue
         with resolve(ref, root) as path:
             try:
                 if ref.kind == "video":
@@ -151,3 +155,22 @@ def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None) -
                 msg = str(e).replace(path, "the file") if ref.url is None or not ref.url.startswith("file:") else str(e)
                 raise RequestError(f"cannot read the {ref.kind}: {type(e).__name__}: {msg}", ref.param) from None
     return out
+
+
+def _frames_video(ref: MediaRef, root: MediaRoot, processor) -> "np.ndarray":
+    """Images that are the frames of one video -> (T, 3, H, W), through a folder of frames, as
+    `model.chat(video=folder)` reads one."""
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="vllama-serve-frames-")
+    try:
+        for i, (url, param) in enumerate(ref.frames):
+            with resolve(MediaRef("image", url, param), root) as path:
+                shutil.copyfile(path, os.path.join(folder, f"{i:06d}{os.path.splitext(path)[1] or '.png'}"))
+        try:
+            return processor.video(folder)
+        except Exception as e:
+            raise RequestError(f"cannot read the images as video frames: {type(e).__name__}: "
+                               f"{str(e).replace(folder, 'the frames')}", ref.param) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

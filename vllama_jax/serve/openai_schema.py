@@ -16,6 +16,8 @@ Accepted (vLLM's OpenAI-compatible schema for multimodal models):
           {"type": "audio_url", "audio_url": {"url": URL}}
           {"type": "input_audio", "input_audio": {"data": base64, "format": "wav" | "mp3" | ...}}
 
+Several image_url parts are the frames of one video (lmms-eval's OpenAI-compatible models send a video
+so), sampled to the model's frame count as a folder of frames is.
 VideoLLaMA 2 takes one video or image (and, audio-visual models, one sound) per conversation: the
 media go where `model.chat` puts them (the first user turn), whichever user message carries them. Text
 parts of one message are joined with newlines.
@@ -61,7 +63,8 @@ class ChatRequest:
     @property
     def modal(self) -> Optional[str]:
         kinds = {m.kind for m in self.media}
-        return "video" if "video" in kinds else "image" if "image" in kinds else "audio" if kinds else None
+        return ("video" if kinds & {"video", "frames"} else "image" if "image" in kinds else
+                "audio" if kinds else None)
 
 
 def _type_name(x) -> str:
@@ -168,8 +171,15 @@ def parse_request(body: Any, info: ModelInfo) -> ChatRequest:
     messages = _messages(body, media)
     visual = [m for m in media if m.kind in ("video", "image")]
     audio = [m for m in media if m.kind == "audio"]
+    if len(visual) > 1 and all(m.kind == "image" for m in visual):
+        # Several images: the frames of one video (what lmms-eval's OpenAI-compatible models send), sampled
+        # as the original samples a folder of frames.
+        frames = MediaRef("frames", None, visual[0].param, frames=[(m.url, m.param) for m in visual])
+        media = [m for m in media if m.kind == "audio"] + [frames]
+        visual = [frames]
     if len(visual) > 1:
-        raise RequestError("VideoLLaMA 2 takes one video or image per conversation", visual[1].param)
+        raise RequestError("VideoLLaMA 2 takes one video or image per conversation (several images are the "
+                           "frames of one video)", visual[1].param)
     if len(audio) > 1:
         raise RequestError("VideoLLaMA 2 takes one audio input per conversation", audio[1].param)
     if visual and not info.has_vision:
@@ -177,7 +187,7 @@ def parse_request(body: Any, info: ModelInfo) -> ChatRequest:
     mm = _get(body, "mm_processor_kwargs", "dict", "mm_processor_kwargs", default={})
     audio_in_video = _get(mm, "use_audio_in_video", "bool", "mm_processor_kwargs.use_audio_in_video", default=False)
     if audio_in_video:
-        if not visual or visual[0].kind != "video":
+        if not visual or visual[0].kind != "video":  # a video file's own sound track
             raise RequestError("use_audio_in_video needs a video_url part", "mm_processor_kwargs.use_audio_in_video")
         if audio:
             raise RequestError("use_audio_in_video with a separate audio part: send one of them",

@@ -40,7 +40,7 @@ def prepare(model, req: ChatRequest, root: MediaRoot, max_len: int,
                            "parts instead", "messages")
     n = len(ids) - placeholders
     frames = req.num_frames or model.config.num_frames
-    if any(m.kind in ("video", "image") for m in req.media):
+    if any(m.kind in ("video", "image", "frames") for m in req.media):
         n += num_video_tokens(model.config, frames)
     if any(m.kind == "audio" for m in req.media):
         n += num_audio_tokens(model.config, 2998)  # every audio input is 30 s of fbank (preprocess/audio.py)

@@ -112,7 +112,7 @@ def start_server(model_dir, port, max_batch, max_len, max_context, decode_steps,
 
 
 def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests: int = 4, max_tokens: int = 64,
-        max_batch: int = 8, max_len: Optional[int] = 512, max_context: Optional[int] = None, decode_steps: int = 1,
+        max_batch: int = 8, max_len: Optional[int] = 256, max_context: Optional[int] = None, decode_steps: int = 1,
         log=print) -> dict:
     import httpx
 
@@ -227,7 +227,8 @@ def add_arguments(p):
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--max-len", type=int, default=512, help="KV-cache length of a slot")
+    p.add_argument("--max-len", type=int, default=256, help="KV-cache length of a slot (the workload's prompts "
+                   "are ~70 tokens + max_tokens)")
     p.add_argument("--max-context", type=int)
     p.add_argument("--decode-steps", type=int, default=1)
 

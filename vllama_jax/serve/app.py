@@ -148,7 +148,8 @@ def create_app(server: Server):
                                             server.tokenizer_lock)
         events: asyncio.Queue = asyncio.Queue()
         handle = engine.submit(prompt, req.params,
-                               lambda kind, x: loop.call_soon_threadsafe(events.put_nowait, (kind, x)))
+                               lambda kind, x: loop.call_soon_threadsafe(events.put_nowait, (kind, x)),
+                               stream=req.stream)
         created = int(time.time())
 
         def log_line(status: str):

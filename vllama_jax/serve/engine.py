@@ -72,8 +72,9 @@ class Handle:
     """One request's life in the engine; `on_event(kind, payload)` is called from the engine thread:
     ("text", str) for each new piece of answer text, ("done", Handle) once, ("error", Exception) once."""
 
-    def __init__(self, prompt: Prompt, params: SamplingParams, on_event: Callable):
+    def __init__(self, prompt: Prompt, params: SamplingParams, on_event: Callable, stream: bool = True):
         self.prompt, self.params, self.on_event = prompt, params, on_event
+        self.stream = stream  # False: no ("text", ...) events, only "done" (less work per token)
         self.ids: List[int] = []  # tokens sampled, an EOS that ended it included
         self.text = ""  # the answer so far (what has been sent)
         self.answer: Optional[str] = None  # the whole answer, once finished (`model.chat`'s text)
@@ -258,11 +259,11 @@ class Engine:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.error is None
 
-    def submit(self, prompt: Prompt, params: SamplingParams, on_event: Callable) -> Handle:
+    def submit(self, prompt: Prompt, params: SamplingParams, on_event: Callable, stream: bool = True) -> Handle:
         if prompt.n + params.max_tokens > self.max_len:
             raise ValueError(f"prompt of {prompt.n} tokens + max_tokens {params.max_tokens} exceeds the "
                              f"{self.max_len} positions of a slot")
-        h = Handle(prompt, params, on_event)
+        h = Handle(prompt, params, on_event, stream)
         with self._cv:
             if not self.alive:
                 raise RuntimeError(f"the engine is not running ({self.error!r})")
@@ -394,7 +395,7 @@ class Engine:
         if len(safe) > len(h.text):
             piece = safe[len(h.text):]
             h.text = safe
-            if not h.cancelled:
+            if not h.cancelled and h.stream:
                 h.on_event("text", piece)
         if stopped:
             h.finish_reason = "stop"

@@ -7,11 +7,13 @@
    so the clients here do not share its interpreter), with `--max-batch` slots.
 2. Sequential baseline: the same requests one after another through `model.chat` in this process
    (streamed, for the time to first token); the first of each shape runs untimed (compilation).
-3. Concurrent: `clients` threads, each sending `requests` streamed chat completions (httpx, SSE) one
-   after another; the server's compiled programs are warmed by one untimed request first.
+3. Concurrent: `clients` threads, each sending `requests` chat completions (httpx) one after another,
+   twice: streamed (SSE: time to first token) and whole answers (as evaluation harnesses ask); the
+   server's compiled programs are warmed by one untimed request of each shape first.
 
 Reports requests/s, generated tokens/s, latency p50 / p99 and time to first token p50 / p99 of both,
-the ratio of throughputs, and the machine's load average before and after (other processes on the
+the ratio of throughputs (`throughput_ratio`: whole answers; the streamed pass has its own), and the
+machine's load average before and after (other processes on the
 machine move every figure). Writes `DIR/bench.json` (a "serve" entry, merged into an existing file) and
 `DIR/serve.png`. The requests: questions about an image and a video of tests/data/media, as file:// URLs
 under the server's --media-root; every answer is checked against `model.chat`'s (greedy).
@@ -67,15 +69,25 @@ def workload(n: int, media_dir: str = MEDIA):
             for i in range(n)]
 
 
-def _body(question, kind, path, max_tokens):
+def _body(question, kind, path, max_tokens, stream=True):
     part = {"type": f"{kind}_url", f"{kind}_url": {"url": "file://" + path}}
-    return {"messages": [{"role": "user", "content": [part, {"type": "text", "text": question}]}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"messages": [{"role": "user", "content": [part, {"type": "text", "text": question}]}],
+            "max_tokens": max_tokens, "temperature": 0}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
 
 
 def _request(client, url, body):
-    """One streamed request -> (answer, latency s, ttft s, completion tokens)."""
+    """One request -> (answer, latency s, ttft s (None unless streamed), completion tokens)."""
     t0 = time.perf_counter()
+    if not body.get("stream"):
+        r = client.post(url, json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:500]}")
+        out = r.json()
+        return (out["choices"][0]["message"]["content"], time.perf_counter() - t0, None,
+                out["usage"]["completion_tokens"])
     ttft, pieces, tokens = None, [], 0
     with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
@@ -145,42 +157,54 @@ def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests
         with httpx.Client(timeout=600) as c:
             for kind, name in FILES:  # compile each prefill shape untimed
                 _request(c, url, _body(QUESTIONS[0], kind, os.path.join(MEDIA, name), max_tokens))
-        results, errors = [], []
+        passes = {}
+        for stream in (True, False):  # streamed (time to first token), then whole answers (as eval harnesses ask)
+            results, errors = [], []
 
-        def client(my_jobs):
-            with httpx.Client(timeout=600) as c:
-                for q, kind, path in my_jobs:
-                    try:
-                        results.append(((q, path), *_request(c, url, _body(q, kind, path, max_tokens))))
-                    except Exception as e:
-                        errors.append(repr(e))
+            def client(my_jobs):
+                with httpx.Client(timeout=600) as c:
+                    for q, kind, path in my_jobs:
+                        try:
+                            results.append(((q, path), *_request(c, url, _body(q, kind, path, max_tokens, stream))))
+                        except Exception as e:
+                            errors.append(repr(e))
 
-        threads = [threading.Thread(target=client, args=(jobs[i::clients],)) for i in range(clients)]
-        t_conc = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t_conc
-        engine_timers = httpx.get(base.rsplit("/v1", 1)[0] + "/health").json()  # where the server's time went
+            threads = [threading.Thread(target=client, args=(jobs[i::clients],)) for i in range(clients)]
+            t_conc = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t_conc
+            health = httpx.get(base.rsplit("/v1", 1)[0] + "/health").json()  # where the server's time went
+            passes[stream] = (results, errors, wall, health)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    usage = {r[0]: r[4] for r in results}  # the same greedy answers: the server's token counts are chat's
+    usage = {r[0]: r[4] for r in passes[True][0]}  # the same greedy answers: the server's counts are chat's
     sequential = _summary(lat, ttft, [usage.get((q, path), 0) for q, _, path in jobs], seq_wall)
-    concurrent = _summary([r[2] for r in results], [r[3] or r[2] for r in results], [r[4] for r in results], wall)
-    mismatches = sum(r[1] != refs[r[0]] for r in results)
-    concurrent.update(errors=len(errors), answers_differing_from_chat=mismatches, engine=engine_timers)
-    ratio = concurrent["requests_per_s"] / sequential["requests_per_s"]
-    log(f"{clients} concurrent clients: {concurrent['requests_per_s']:.2f} req/s ({ratio:.2f}x sequential), "
-        f"p50 {concurrent['latency_p50_s']:.3f} s, p99 {concurrent['latency_p99_s']:.3f} s, "
-        f"TTFT p50 {concurrent['ttft_p50_s']:.3f} s; errors {len(errors)}, answers differing {mismatches}")
+    out = {}
+    for stream, (results, errors, wall, health) in passes.items():
+        summary = _summary([r[2] for r in results], [r[3] for r in results if r[3] is not None],
+                           [r[4] for r in results], wall)
+        mismatches = sum(r[1] != refs[r[0]] for r in results)
+        summary.update(streamed=stream, errors=len(errors), answers_differing_from_chat=mismatches,
+                       engine_cumulative=health, ratio=summary["requests_per_s"] / sequential["requests_per_s"])
+        out[stream] = summary
+        log(f"{clients} concurrent clients ({'streamed' if stream else 'whole answers'}): "
+            f"{summary['requests_per_s']:.2f} req/s ({summary['ratio']:.2f}x sequential), p50 "
+            f"{summary['latency_p50_s']:.3f} s, p99 {summary['latency_p99_s']:.3f} s, TTFT p50 "
+            f"{'-' if summary['ttft_p50_s'] is None else format(summary['ttft_p50_s'], '.3f')} s; "
+            f"errors {len(errors)}, answers differing {mismatches}")
+    concurrent, streamed = out[False], out[True]
+    ratio = concurrent["ratio"]
 
     entry = {"model": os.path.relpath(model_dir, ROOT) if model_dir.startswith(ROOT) else model_dir,
              "settings": {"clients": clients, "requests_per_client": requests, "max_tokens": max_tokens,
                           "max_batch": max_batch, "max_len": max_len, "decode_steps": decode_steps,
                           "media": [f for _, f in FILES], "greedy": True},
              "sequential_model_chat": sequential, "server_concurrent": concurrent,
+             "server_concurrent_streamed": streamed,
              "throughput_ratio": ratio, "goal_ratio": 4.0,
              "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}, "cpu_count": os.cpu_count()}
     path = os.path.join(out_dir, "bench.json")
@@ -201,16 +225,18 @@ def plot(entry: dict, path: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s, c = entry["sequential_model_chat"], entry["server_concurrent"]
-    labels = ["sequential\nmodel.chat", f"{entry['settings']['clients']} clients\nserver"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    axes[0].bar(labels, [s["requests_per_s"], c["requests_per_s"]], color=["#999", "#3a7"])
-    axes[0].set_title(f"throughput (req/s): {entry['throughput_ratio']:.2f}x")
+    s, c, st = entry["sequential_model_chat"], entry["server_concurrent"], entry["server_concurrent_streamed"]
+    n = entry["settings"]["clients"]
+    labels = ["sequential\nmodel.chat", f"{n} clients\nwhole answers", f"{n} clients\nstreamed"]
+    rows = [s, c, st]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].bar(labels, [r["requests_per_s"] for r in rows], color=["#999", "#3a7", "#7a3"])
+    axes[0].set_title(f"throughput (req/s): {entry['throughput_ratio']:.2f}x / {st['ratio']:.2f}x")
     for ax, key, title in ((axes[1], "latency", "latency (s)"), (axes[2], "ttft", "time to first token (s)")):
-        x = range(2)
-        ax.bar([i - 0.2 for i in x], [s[f"{key}_p50_s"], c[f"{key}_p50_s"]], 0.4, label="p50", color="#58c")
-        ax.bar([i + 0.2 for i in x], [s[f"{key}_p99_s"], c[f"{key}_p99_s"]], 0.4, label="p99", color="#c85")
-        ax.set_xticks(list(x), labels)
+        x = [i for i, r in enumerate(rows) if r[f"{key}_p50_s"] is not None]
+        ax.bar([i - 0.2 for i in x], [rows[i][f"{key}_p50_s"] for i in x], 0.4, label="p50", color="#58c")
+        ax.bar([i + 0.2 for i in x], [rows[i][f"{key}_p99_s"] for i in x], 0.4, label="p99", color="#c85")
+        ax.set_xticks(x, [labels[i] for i in x])
         ax.set_title(title)
         ax.legend()
     la = entry["load_average_1min"]

@@ -96,6 +96,24 @@ async def _wait_disconnect(request):
             return
 
 
+class _BearerKey:
+    """ASGI middleware: /v1 routes need `Authorization: Bearer <key>` (a plain ASGI wrapper, so streamed
+    responses pass through untouched)."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not (got.startswith(b"Bearer ") and secrets.compare_digest(got[7:].strip(), self.key)):
+                response = _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                  "authentication_error", "Authorization", "invalid_api_key")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _sse(obj) -> str:
     return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
 
@@ -116,15 +134,13 @@ def create_app(server: Server):
     async def _http_error(request, e):
         return _error(e.status_code, str(e.detail), "not_found_error" if e.status_code == 404 else "invalid_request_error")
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if server.api_key and request.url.path.startswith("/v1"):
-            got = request.headers.get("authorization", "")
-            if not (got.startswith("Bearer ") and secrets.compare_digest(got[7:].strip().encode(),
-                                                                         server.api_key.encode())):
-                return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                              "authentication_error", "Authorization", "invalid_api_key")
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def _internal_error(request, e: Exception):
+        log.exception("request failed")
+        return _error(500, f"internal error: {type(e).__name__}: {e}", "server_error")
+
+    if server.api_key:
+        app.add_middleware(_BearerKey, key=server.api_key)
 
     @app.get("/health")
     async def health():

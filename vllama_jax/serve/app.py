@@ -13,6 +13,7 @@ server keeps serving. One log line per request: id, prompt / completion tokens, 
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import logging
@@ -96,6 +97,30 @@ async def _wait_disconnect(request):
             return
 
 
+class _Inbox:
+    """Events from the engine thread to one request's coroutine: `put` from any thread, `get_all` drains
+    everything waiting (at least one event). One wake-up of the event loop per burst, not per token."""
+
+    def __init__(self, loop):
+        self.loop, self.items, self.ready = loop, collections.deque(), asyncio.Event()
+
+    def put(self, item):
+        self.items.append(item)
+        if not self.ready.is_set():  # a set flag means the coroutine will drain this item too
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def get_all(self) -> list:
+        while not self.items:
+            self.ready.clear()
+            if self.items:
+                break
+            await self.ready.wait()
+        out = []
+        while self.items:
+            out.append(self.items.popleft())
+        return out
+
+
 class _BearerKey:
     """ASGI middleware: /v1 routes need `Authorization: Bearer <key>` (a plain ASGI wrapper, so streamed
     responses pass through untouched)."""
@@ -162,10 +187,8 @@ def create_app(server: Server):
         loop = asyncio.get_running_loop()
         prompt = await loop.run_in_executor(server.pool, prepare, server.model, req, server.root, info.max_len,
                                             server.tokenizer_lock)
-        events: asyncio.Queue = asyncio.Queue()
-        handle = engine.submit(prompt, req.params,
-                               lambda kind, x: loop.call_soon_threadsafe(events.put_nowait, (kind, x)),
-                               stream=req.stream)
+        inbox = _Inbox(loop)
+        handle = engine.submit(prompt, req.params, lambda kind, x: inbox.put((kind, x)), stream=req.stream)
         created = int(time.time())
 
         def log_line(status: str):
@@ -179,10 +202,15 @@ def create_app(server: Server):
                 try:
                     yield _sse(chunk(rid, info.name, created, {"role": "assistant", "content": ""}))
                     while True:
-                        kind, x = await events.get()
+                        batch = await inbox.get_all()
+                        # Text that piled up while the loop was busy goes out as one chunk.
+                        text = "".join(x for kind, x in batch if kind == "text")
+                        if text:
+                            yield _sse(chunk(rid, info.name, created, {"content": text}))
+                        kind, x = batch[-1]
                         if kind == "text":
-                            yield _sse(chunk(rid, info.name, created, {"content": x}))
-                        elif kind == "done":
+                            continue
+                        if kind == "done":
                             status = handle.finish_reason
                             yield _sse(chunk(rid, info.name, created, {}, handle.finish_reason))
                             if req.include_usage:
@@ -206,14 +234,14 @@ def create_app(server: Server):
         watch = asyncio.ensure_future(_wait_disconnect(request))
         try:
             while True:
-                getter = asyncio.ensure_future(events.get())
+                getter = asyncio.ensure_future(inbox.get_all())
                 done, _ = await asyncio.wait({getter, watch}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
                     engine.cancel(handle)
                     log_line("disconnected")
                     return JSONResponse(error_body("client disconnected", "cancelled"), status_code=499)
-                kind, x = getter.result()
+                kind, x = getter.result()[-1]
                 if kind == "done":
                     log_line(handle.finish_reason)
                     return completion(rid, info.name, handle.answer, handle.finish_reason, prompt.n,

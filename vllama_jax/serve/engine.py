@@ -295,8 +295,8 @@ class Engine:
         while True:
             with self._cv:
                 free = [i for i, h in enumerate(self._slots) if h is None]
-                while self._queue and self._queue[0].cancelled:
-                    self._queue.popleft()
+                if any(h.cancelled for h in self._queue):  # clients that left while waiting
+                    self._queue = collections.deque(h for h in self._queue if not h.cancelled)
                 if not free or not self._queue:
                     return
                 h = self._queue.popleft()

@@ -21,7 +21,8 @@ samples one token per row from `logits` and runs the decoder on them with a per-
 (layers/attention.py), so rows of different lengths advance together. A row stops at EOS, at its
 `max_tokens`, at a stop string or when its client goes away, and its slot is free for the next prompt
 at once. The host reads the (B,) tokens after each step, detokenizes and hands text to the waiting
-requests; nothing waits for another request's whole generation.
+requests; nothing waits for another request's whole generation. With `decode_steps` k > 1 one compiled
+call runs k such steps (tokens (B, k)), and requests join and leave every k tokens.
 
 Sampling per row is generate.py's (temperature, then top-k, then top-p, then a categorical draw with
 the row's key), so greedy and seeded answers equal `model.chat`'s for the same prompt.
@@ -126,13 +127,13 @@ def sample_rows(logits, keys, temperature, top_k, top_p):
 class Engine:
     """Continuous batching over `max_batch` KV-cache slots of `max_len` positions (see the module doc)."""
 
-    def __init__(self, model, max_batch: int = 8, max_len: Optional[int] = None, length_bucket: int = 64,
+    def __init__(self, model, max_batch: int = 8, max_len: Optional[int] = None, length_bucket: Optional[int] = None,
                  tokenizer_lock: Optional[threading.Lock] = None, decode_steps: int = 1):
         self.model = model
         self.cfg = model.config.decoder
         self.max_batch = int(max_batch)
         self.max_len = int(max_len or model.max_context)
-        self.length_bucket = length_bucket
+        self.length_bucket = length_bucket or getattr(model, "length_bucket", 64)  # as model.generate pads
         # Tokens per compiled call: 1 lets a new request join at the very next token; k > 1 runs k steps
         # in one call (less host work per token; a request joins or leaves at the next call).
         self.decode_steps = int(decode_steps)

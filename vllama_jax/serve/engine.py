@@ -147,7 +147,8 @@ class Engine:
         self._stop = False
         self.error: Optional[BaseException] = None
         self.steps = 0
-        self.timers = {"prefill_s": 0.0, "step_s": 0.0, "host_s": 0.0, "prefills": 0}  # where the loop's time goes
+        # Where the loop's time goes, and how many requests left before their end (client gone).
+        self.timers = {"prefill_s": 0.0, "step_s": 0.0, "host_s": 0.0, "prefills": 0, "cancelled": 0}
         self._state = None
         self._prefills: Dict[tuple, Callable] = {}
         self._step = jax.jit(self._step_fn, donate_argnums=(1,))
@@ -288,7 +289,9 @@ class Engine:
             return
         h.finish_reason = reason
         h.finished_at = time.perf_counter()
-        if not h.cancelled:
+        if h.cancelled:
+            self.timers["cancelled"] += 1
+        else:
             self._flush(h, final=True)
             h.on_event("done", h)
 

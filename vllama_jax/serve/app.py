@@ -153,6 +153,7 @@ def create_app(server: Server):
 
     @app.exception_handler(RequestError)
     async def _request_error(request, e: RequestError):
+        log.info("rejected %s %d param=%s: %s", request.url.path, e.status, e.param, e.message[:200])
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(StarletteHTTPException)

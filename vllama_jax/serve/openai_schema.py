@@ -164,7 +164,7 @@ def parse_request(body: Any, info: ModelInfo) -> ChatRequest:
         raise RequestError(f"the model '{model}' does not exist; this server serves '{info.name}'", "model",
                            status=404, type="not_found_error", code="model_not_found")
     for key, default in _IGNORED_IF_DEFAULT.items():
-        if key in body and body[key] is not None and body[key] != default:
+        if key in body and body[key] and body[key] != default:  # absent, null, 0, false, empty: the default
             raise RequestError(f"'{key}' is not supported by this server (only {default!r})", key)
 
     media: List[MediaRef] = []

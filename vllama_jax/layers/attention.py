@@ -8,8 +8,8 @@ maps give them the checkpoint's names (`out_proj` in CLIP / BEATs).
 
 KV cache: a dict `{"k": (B, S, KVH, hd), "v": (B, S, KVH, hd)}` plus the write slot `index` (int32
 scalar, or (B,) one per row) passed alongside. The L new keys/values are written at slots
-[index, index + L); a query at slot index + i sees the slots <= index + i that `mask` marks valid. Static shapes throughout, so one
-compiled step serves every decode position.
+[index, index + L); a query at slot index + i sees the slots <= index + i that `mask` marks valid.
+Static shapes throughout, so one compiled step serves every decode position.
 """
 from typing import Any, Optional
 

@@ -22,8 +22,8 @@ compiles one layer, and training can remat each layer (`remat_policy`). Param tr
 
 KV cache (`init_cache`): {"k", "v"} of shape (layers, B, S, KVH, hd); each scanned layer reads and
 writes its own slice. The L new tokens go to slots [cache_index, cache_index + L) and `attention_mask`
-(B, S) marks which slots hold real tokens (cache_index: a scalar, or (B,) a slot per row), so left-padded prompts and one-token decode steps share one
-compiled shape (see layers/attention.py).
+(B, S) marks which slots hold real tokens, so left-padded prompts and one-token decode steps share one
+compiled shape (see layers/attention.py). cache_index is a scalar, or (B,) a write slot per row.
 """
 from typing import Any
 

@@ -19,9 +19,15 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, help="untimed runs before timing (default 1)")
     p.add_argument("--repeats", type=int, help="timed runs, the median is reported (default 5, 3 with --quick)")
     p.add_argument("--only", nargs="+", choices=KINDS, help="run only these kinds of case")
+    p.add_argument("--serve", action="store_true", help="instead: the load test of `vllama-jax serve` against "
+                   "sequential model.chat calls (benchmarks/serve_load.py; its options: --clients, --requests, ...)")
+    p.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")
+    p.add_argument("--requests", type=int, default=4, help="--serve: requests per client")
+    p.add_argument("--max-tokens", type=int, default=64, help="--serve: tokens per answer")
+    p.add_argument("--decode-steps", type=int, default=1, help="--serve: the server's --decode-steps")
 
 
-def _run_bench_module():
+def _run_bench_module(name="run_bench"):
     """benchmarks/run_bench.py lives beside the package in a checkout, not inside an installed wheel."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if not os.path.isfile(os.path.join(root, "benchmarks", "run_bench.py")):
@@ -29,7 +35,7 @@ def _run_bench_module():
                          "checkout of vllama-jax")
     if root not in sys.path:
         sys.path.insert(0, root)
-    return importlib.import_module("benchmarks.run_bench")
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _missing_references():
@@ -43,6 +49,10 @@ def _missing_references():
 
 
 def main(args) -> int:
+    if args.serve:
+        _run_bench_module("serve_load").run(args.out, clients=args.clients, requests=args.requests,
+                                            max_tokens=args.max_tokens, decode_steps=args.decode_steps)
+        return 0
     missing = _missing_references()
     if missing:
         print(f"vllama-jax bench compares against the PyTorch reference and needs {' and '.join(missing)}: "

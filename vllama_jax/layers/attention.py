@@ -7,9 +7,9 @@ Params: `q_proj` (embed, heads), `k_proj` / `v_proj` (embed, kv), `o_proj` (head
 maps give them the checkpoint's names (`out_proj` in CLIP / BEATs).
 
 KV cache: a dict `{"k": (B, S, KVH, hd), "v": (B, S, KVH, hd)}` plus the write slot `index` (int32
-scalar) passed alongside. The L new keys/values are written at slots [index, index + L); a query at
-slot index + i sees the slots <= index + i that `mask` marks valid. Static shapes throughout, so one
-compiled step serves every decode position.
+scalar, or (B,) one per row) passed alongside. The L new keys/values are written at slots
+[index, index + L); a query at slot index + i sees the slots <= index + i that `mask` marks valid.
+Static shapes throughout, so one compiled step serves every decode position.
 """
 from typing import Any, Optional
 
@@ -92,8 +92,14 @@ class Attention(nn.Module):
         q_slots = jnp.arange(l)
         if cache is not None:
             index = jnp.asarray(cache_index, jnp.int32)
-            ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+            if index.ndim == 0:
+                ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+                cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+            else:  # (B,) a write slot per row (continuous batching: rows at different lengths)
+                write = jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (i, 0, 0)))
+                ck = write(cache["k"], k.astype(cache["k"].dtype), index)
+                cv = write(cache["v"], v.astype(cache["v"].dtype), index)
+                index = index[:, None]  # q_slots (B, L)
             new_cache = {"k": ck, "v": cv}
             k, v = ck.astype(self.dtype), cv.astype(self.dtype)
             q_slots = q_slots + index
@@ -104,7 +110,8 @@ class Attention(nn.Module):
             full_mask = mask[:, None, None, :] if mask.ndim == 2 else mask
             full_mask = full_mask.astype(bool)
         if self.causal:
-            cm = causal_mask(q_slots, k_slots, self.sliding_window)[None, None]
+            cm = causal_mask(q_slots, k_slots, self.sliding_window)
+            cm = cm[None, None] if cm.ndim == 2 else cm[:, None]  # (1|B, 1, L, Lk)
             full_mask = cm if full_mask is None else (full_mask & cm)
 
         out = dot_product_attention(q, k, v, mask=full_mask, bias=bias)

@@ -23,7 +23,7 @@ compiles one layer, and training can remat each layer (`remat_policy`). Param tr
 KV cache (`init_cache`): {"k", "v"} of shape (layers, B, S, KVH, hd); each scanned layer reads and
 writes its own slice. The L new tokens go to slots [cache_index, cache_index + L) and `attention_mask`
 (B, S) marks which slots hold real tokens, so left-padded prompts and one-token decode steps share one
-compiled shape (see layers/attention.py).
+compiled shape (see layers/attention.py). cache_index is a scalar, or (B,) a write slot per row.
 """
 from typing import Any
 
@@ -103,9 +103,12 @@ def default_positions(attention_mask, batch: int, length: int, cache_index=None)
     starts at 0 at its first real token), or 0..L-1 (+ cache_index) without a mask."""
     start = 0 if cache_index is None else jnp.asarray(cache_index, jnp.int32)
     if attention_mask is None:
+        start = start[:, None] if jnp.ndim(start) == 1 else start
         return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + start, (batch, length))
     pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
-    if cache_index is not None:  # the mask spans all cache slots; keep the new tokens' slots
+    if cache_index is not None and start.ndim == 1:  # (B,) a write slot per row
+        pos = jnp.take_along_axis(pos, start[:, None] + jnp.arange(length, dtype=jnp.int32)[None], axis=1)
+    elif cache_index is not None:  # the mask spans all cache slots; keep the new tokens' slots
         pos = jax.lax.dynamic_slice_in_dim(pos, start, length, axis=1)
     return jnp.maximum(pos, 0)
 

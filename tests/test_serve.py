@@ -20,7 +20,7 @@ openai = pytest.importorskip("openai")
 
 import vllama_jax
 from vllama_jax.inference import until_eos
-from vllama_jax.models.videollama2 import num_audio_tokens, num_video_tokens
+from vllama_jax.models.sequence import audio_tokens, video_tokens
 from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
 from vllama_jax.serve.app import Server, start_in_thread
 
@@ -108,9 +108,9 @@ def reference(model, question, max_new_tokens, system=None, history=(), **media)
     ids = np.asarray(tokenize_multimodal(prompt, model.tokenizer))[None]
     n = ids.shape[1] - (1 if session.media else 0)
     if "video" in session.media or "image" in session.media:
-        n += num_video_tokens(model.config)
+        n += video_tokens(model.config)
     if "audio" in session.media:
-        n += num_audio_tokens(model.config, session.media["audio"].shape[0])
+        n += audio_tokens(model.config, session.media["audio"].shape[0])
     out = model.generate(ids, media=[session.media or None], max_new_tokens=max_new_tokens)[0]
     kept = until_eos(out, model.config.decoder.eos_ids)
     completion = len(kept) + (1 if len(kept) < max_new_tokens else 0)  # the EOS that ended it counts

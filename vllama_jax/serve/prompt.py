@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from vllama_jax.config import MODAL_TOKEN_INDEX
-from vllama_jax.models.videollama2 import num_audio_tokens, num_video_tokens
+from vllama_jax.models.sequence import FBANK_FRAMES, media_tokens
 from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
 from vllama_jax.serve.engine import Prompt
 from vllama_jax.serve.errors import RequestError
@@ -38,12 +38,9 @@ def prepare(model, req: ChatRequest, root: MediaRoot, max_len: int,
     if placeholders != (1 if req.media else 0):
         raise RequestError("the message text holds a modal tag (<video>, <image>, <audio>); send media as content "
                            "parts instead", "messages")
-    n = len(ids) - placeholders
-    frames = req.num_frames or model.config.num_frames
-    if any(m.kind in ("video", "image", "frames") for m in req.media):
-        n += num_video_tokens(model.config, frames)
-    if any(m.kind == "audio" for m in req.media):
-        n += num_audio_tokens(model.config, 2998)  # every audio input is 30 s of fbank (preprocess/audio.py)
+    has_video = any(m.kind in ("video", "image", "frames") for m in req.media)
+    fbank_frames = FBANK_FRAMES if any(m.kind == "audio" for m in req.media) else None  # 30 s, always
+    n = len(ids) - placeholders + media_tokens(model.config, has_video, fbank_frames, req.num_frames)
     if n + 1 > max_len:
         raise RequestError(f"the prompt is {n} tokens (text plus media features), over this server's context of "
                            f"{max_len} positions; shorten the messages or send fewer frames", "messages",

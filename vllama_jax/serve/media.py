@@ -157,7 +157,7 @@ def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None) -
     return out
 
 
-def _frames_video(ref: MediaRef, root: MediaRoot, processor) -> "numpy.ndarray":
+def _frames_video(ref: MediaRef, root: MediaRoot, processor):
     """Images that are the frames of one video -> (T, 3, H, W), through a folder of frames, as
     `model.chat(video=folder)` reads one."""
     import shutil

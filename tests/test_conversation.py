@@ -25,6 +25,8 @@ CHATML_NO_DEFAULT_SYSTEM = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# What the Qwen2 template puts before the first user turn's text.
+QWEN2_HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 CONVERSATION = [
     {"from": "human", "value": "Describe it. <video>"},
     {"from": "gpt", "value": "A dog runs."},
@@ -156,7 +158,7 @@ def test_labels_mistral(tokenizer):
 def test_labels_qwen2(tokenizer):
     ids, labels = tokenize_conversation(CONVERSATION, tokenizer, "qwen2", 1024)
     # The tokenizer's own ids of the text either side of the tag, -201 spliced in by hand.
-    assert ids == _encode(tokenizer, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n") + \
+    assert ids == _encode(tokenizer, QWEN2_HEAD) + \
         [-201] + _encode(tokenizer, "\nDescribe it.<|im_end|>\n<|im_start|>assistant\nA dog runs.<|im_end|>\n"
                                     "<|im_start|>user\nColour?<|im_end|>\n<|im_start|>assistant\nBrown.<|im_end|>\n")
     assert _learned_spans(tokenizer, ids, labels) == ["A dog runs.<|im_end|>\n", "Brown.<|im_end|>\n"]
@@ -182,7 +184,7 @@ def test_leading_gpt_turn_is_dropped_and_truncation(tokenizer):
 def test_pretraining_sample(tokenizer):
     # The alignment phase: the user turn is the tag alone, the caption is learned.
     ids, labels = tokenize_conversation(CONVERSATION[:2], tokenizer, "qwen2", 1024, pretraining=True)
-    assert ids == _encode(tokenizer, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n") + \
+    assert ids == _encode(tokenizer, QWEN2_HEAD) + \
         [-201] + _encode(tokenizer, "<|im_end|>\n<|im_start|>assistant\nA dog runs.<|im_end|>\n")
     assert _learned_spans(tokenizer, ids, labels) == ["A dog runs.<|im_end|>\n"]
 

@@ -242,10 +242,10 @@ def test_next_phase_starts_from_the_last_and_keeps_frozen_parts_bit_identical(ba
                             "optimizer.trainable": "[connector]", "optimizer.learning_rate": 1e-3})
     before, after = read_run_params(straight[0]), read_run_params(out)
     for part in ("decoder", "vision"):
-        for a, b in zip(jax.tree_util.tree_leaves(before[part]), jax.tree_util.tree_leaves(after[part])):
+        for a, b in zip(jax.tree_util.tree_leaves(before[part]), jax.tree_util.tree_leaves(after[part]), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before["connector"]),
-                                                          jax.tree_util.tree_leaves(after["connector"]))]
+                                                          jax.tree_util.tree_leaves(after["connector"]), strict=True)]
     assert any(moved)
     # The optimizer state of the phase holds Adam moments for the connector only (a frozen param's
     # slot is an empty MaskedNode, saved as None).

@@ -1,6 +1,7 @@
 """Chat and batch answers on real files end to end: mp4s made here with PyAV (a moving square, with and
 without a tone), through pre-processing, the tiny fixture checkpoints, generation and detokenization;
-the CLI `chat` and `answer` commands; clear errors for a corrupt file."""
+the CLI `chat` and `answer` commands; clear errors for a corrupt file. Each answer is checked as text: the
+decode of the greedy tokens that the full forward (held against the original's outputs) picks."""
 import json
 import os
 import subprocess

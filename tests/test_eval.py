@@ -1,8 +1,9 @@
 """`vllama-jax eval` end to end on the tiny video-only fixture checkpoint and generated mp4s: results.json
 fields and counts (a corrupt annotation row, a missing video), resuming without generating, refusing a
-changed setup, batch size not changing greedy answers; one audio-visual run (`--av`) on the tiny
-audio-visual fixture; and, as unit tests, each benchmark's option parser and prompt wording against the
-original's scripts, the MVBench, EgoSchema and Perception Test readers and the open-ended scores."""
+changed setup, batch size not changing greedy answers, the scores of scripted answers worked out by hand;
+one audio-visual run (`--av`) on the tiny audio-visual fixture; and, as unit tests, each benchmark's option
+parser and prompt wording against the original's scripts, the MVBench, EgoSchema and Perception Test readers
+and the open-ended scores."""
 import json
 
 import pytest

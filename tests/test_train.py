@@ -202,6 +202,7 @@ def test_mfu_table_and_flops():
 # Real runs
 # ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_smoke_run_learns_and_reports_bad_rows(straight):
     out, metrics = straight
     assert sorted(metrics) == list(range(1, STEPS + 1))
@@ -214,6 +215,7 @@ def test_smoke_run_learns_and_reports_bad_rows(straight):
     assert load_train_config(os.path.join(out, "config.yaml")).train.steps == STEPS
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_with_the_same_losses(base, straight):
     # What a run killed during step RESUME_AT + 2, in the middle of saving it, leaves behind: the last
     # finalized checkpoint and Orbax's temporary folder of the unfinished save, which must be ignored.
@@ -226,6 +228,7 @@ def test_interrupted_run_resumes_with_the_same_losses(base, straight):
     assert resumed[STEPS]["bad_samples_total"] == straight[1][STEPS]["bad_samples_total"]  # kept in the state
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_single_device_losses(base, straight):
     # The single-device run's checkpoint, resharded onto data 2 x fsdp 2 x tensor 2, continues as it did.
     out = resume_copy(straight[0], os.path.join(base, "eight"), RESUME_AT)
@@ -235,6 +238,7 @@ def test_eight_devices_give_the_single_device_losses(base, straight):
     np.testing.assert_allclose(losses(metrics), losses(straight[1], later), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_next_phase_starts_from_the_last_and_keeps_frozen_parts_bit_identical(base, straight):
     from vllama_jax.checkpoints.orbax import read_run_params
     out = os.path.join(base, "next_phase")

@@ -41,10 +41,11 @@ def _greedy_answer(model, question, n, modal, **files):
     out = model.generate(ids[None], media=[media], max_new_tokens=n)[0]  # the same call as chat's
     new = until_eos(out, eos)
     picked = out[:len(new) + 1]  # with the EOS that stopped it, if any
-    full = np.concatenate([ids, picked[:-1]])[None]
-    fwd = model.forward({"input_ids": full, "attention_mask": np.ones(full.shape, bool),
-                         **media_batch([media], model.config)})
-    real = fwd["logits"][0][np.asarray(fwd["attention_mask"][0], bool)]  # without a text-only row's media slots
+    full = np.concatenate([ids, picked[:-1]])
+    size = -(-len(full) // model.length_bucket) * model.length_bucket  # right-padded: one program per bucket
+    fwd = model.forward({"input_ids": np.pad(full, (0, size - len(full)))[None],
+                         "attention_mask": (np.arange(size) < len(full))[None], **media_batch([media], model.config)})
+    real = fwd["logits"][0][np.asarray(fwd["attention_mask"][0], bool)]  # the real positions only
     np.testing.assert_array_equal(real[-len(picked):].argmax(-1), picked)
     return tok.decode(new, skip_special_tokens=True).strip()
 

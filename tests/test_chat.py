@@ -1,6 +1,7 @@
 """Chat and batch answers on real files end to end: mp4s made here with PyAV (a moving square, with and
 without a tone), through pre-processing, the tiny fixture checkpoints, generation and detokenization;
-the CLI `chat` and `answer` commands; clear errors for a corrupt file."""
+the CLI `chat` and `answer` commands; clear errors for a corrupt file. Each answer is checked as text: the
+decode of the greedy tokens that the full forward (held against the original's outputs) picks."""
 import json
 import os
 import subprocess
@@ -26,6 +27,29 @@ def media(tmp_path_factory):
     return {"tone": str(with_audio), "silent": str(silent), "corrupt": str(corrupt)}
 
 
+def _greedy_answer(model, question, n, modal, **files):
+    """The answer greedy decoding must give: the tokens that the full forward (held against the original's
+    outputs in test_videollama2.py) picks position by position after the original's prompt, decoded up to
+    EOS. `modal` is the prompt's tag ("video" for a video with its sound track too)."""
+    from vllama_jax.inference import media_batch, until_eos
+    from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
+
+    tok, eos = model.tokenizer, model.config.decoder.eos_ids
+    media = model.load_media(**files) or None
+    prompt = build_prompt([{"role": "user", "content": question}], model.config.decoder.family, tok, modal)
+    ids = np.asarray(tokenize_multimodal(prompt, tok), np.int64)
+    out = model.generate(ids[None], media=[media], max_new_tokens=n)[0]  # the same call as chat's
+    new = until_eos(out, eos)
+    picked = out[:len(new) + 1]  # with the EOS that stopped it, if any
+    full = np.concatenate([ids, picked[:-1]])
+    size = -(-len(full) // model.length_bucket) * model.length_bucket  # right-padded: one program per bucket
+    fwd = model.forward({"input_ids": np.pad(full, (0, size - len(full)))[None],
+                         "attention_mask": (np.arange(size) < len(full))[None], **media_batch([media], model.config)})
+    real = fwd["logits"][0][np.asarray(fwd["attention_mask"][0], bool)]  # the real positions only
+    np.testing.assert_array_equal(real[-len(picked):].argmax(-1), picked)
+    return tok.decode(new, skip_special_tokens=True).strip()
+
+
 @pytest.fixture(scope="module")
 def av_model():
     # 30 s of audio is 1496 BEATs tokens: past this tiny config's 1024 positions, so opt in to more.
@@ -41,7 +65,7 @@ def test_chat_about_a_video_with_its_sound_track(av_model, media):
     pieces = []
     answer = av_model.chat("What do you see and hear?", video=media["tone"], audio=True, max_new_tokens=6,
                            stream=pieces.append)
-    assert isinstance(answer, str)
+    assert answer == _greedy_answer(av_model, "What do you see and hear?", 6, "video", video=media["tone"], audio=True)
     assert "".join(pieces).strip() == answer  # the streamed text is the answer
 
 
@@ -49,7 +73,8 @@ def test_chat_about_a_video_without_sound_track_gets_silence(av_model, media, ca
     loaded = av_model.load_media(video=media["silent"], audio=True)
     assert loaded["video"].shape == (av_model.config.num_frames, 3, 56, 56)
     assert loaded["audio"].shape == (2998, 128)
-    assert isinstance(av_model.chat("What is there?", video=media["silent"], audio=True, max_new_tokens=4), str)
+    assert av_model.chat("What is there?", video=media["silent"], audio=True, max_new_tokens=4) == \
+        _greedy_answer(av_model, "What is there?", 4, "video", video=media["silent"], audio=True)
 
 
 def test_multi_turn_chat_keeps_history(video_model, media):
@@ -83,7 +108,9 @@ def test_answer_batches_resumes_and_reports_bad_rows(video_model, media, tmp_pat
     assert set(got) == {1, 2, 3, 4, 5}
     assert "error" in got[3] and "corrupt.mp4" in got[3]["error"]
     assert got[5]["error"].startswith("ContextLengthError")
-    assert all(isinstance(got[i]["answer"], str) for i in (1, 2, 4))
+    for i, files, modal in ((1, {"video": media["silent"]}, "video"), (2, {"video": media["tone"]}, "video"),
+                            (4, {}, None)):
+        assert got[i]["answer"] == _greedy_answer(video_model, rows[i - 1]["question"], 3, modal, **files)
     # A second run finds every id answered and does nothing.
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and len(out.read_text().splitlines()) == 5
@@ -112,8 +139,10 @@ def test_chat_about_an_image_and_about_a_sound_file(av_model, tmp_path):
     img, wav = tmp_path / "sq.jpg", tmp_path / "tone.wav"
     write_image(str(img), "green")
     write_wav(str(wav), "green")
-    assert isinstance(av_model.chat("What colour?", image=str(img), max_new_tokens=3), str)
-    assert isinstance(av_model.chat("Which tone?", audio=str(wav), max_new_tokens=3), str)
+    assert av_model.chat("What colour?", image=str(img), max_new_tokens=3) == \
+        _greedy_answer(av_model, "What colour?", 3, "image", image=str(img))
+    assert av_model.chat("Which tone?", audio=str(wav), max_new_tokens=3) == \
+        _greedy_answer(av_model, "Which tone?", 3, "audio", audio=str(wav))
 
 
 def test_video_only_model_refuses_audio_clearly(video_model, media):
@@ -129,7 +158,8 @@ def test_num_frames_at_inference_differs_from_training(media, caplog):
     assert model.config.num_frames == 8 and model.processor.num_frames == 8
     # 8 frames of 4x4 patches through the STC connector: t' = 5, h' = w' = 3.
     assert video_tokens(model.config) == 5 * 3 * 3
-    assert isinstance(model.chat("What moves?", video=media["silent"], max_new_tokens=2), str)
+    assert model.chat("What moves?", video=media["silent"], max_new_tokens=2) == \
+        _greedy_answer(model, "What moves?", 2, "video", video=media["silent"])
 
 
 @pytest.fixture(scope="module")
@@ -142,22 +172,9 @@ def test_siglip_chat_on_real_media_agrees_with_the_fixture_checked_forward(sigli
     """VideoLLaMA2.1's layout (SigLIP, stc_connector_v35) through the whole chat path on the original's own
     media: the answer is the decode of greedy tokens that the full forward (held against the original's
     outputs in test_videollama2.py) also picks, position by position."""
-    import jax
-    from vllama_jax.inference import media_batch, until_eos
-    from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
     from conftest import MEDIA
 
-    model, tok, n = siglip_model, siglip_model.tokenizer, 6
     path = str(MEDIA / name)
-    with jax.default_matmul_precision("highest"):
-        answer = model.chat("What is in it?", **{kind: path}, max_new_tokens=n)
-        media = model.load_media(**{kind: path})
-        assert media[kind].shape[-3:] == (3, 56, 56)
-        prompt = build_prompt([{"role": "user", "content": "What is in it?"}], "qwen2", tok, kind)
-        ids = np.asarray(tokenize_multimodal(prompt, tok), np.int64)
-        new = model.generate(ids[None], media=[media], max_new_tokens=n, stop_at_eos=False)[0]
-        full = np.concatenate([ids, new[:-1]])[None]
-        batch = {"input_ids": full, "attention_mask": np.ones(full.shape, bool), **media_batch([media], model.config)}
-        logits = model.forward(batch)["logits"][0]
-    np.testing.assert_array_equal(logits[-n:].argmax(-1), new)
-    assert answer == tok.decode(until_eos(new, model.config.decoder.eos_ids), skip_special_tokens=True).strip()
+    assert siglip_model.load_media(**{kind: path})[kind].shape[-3:] == (3, 56, 56)
+    answer = siglip_model.chat("What is in it?", **{kind: path}, max_new_tokens=6)
+    assert answer == _greedy_answer(siglip_model, "What is in it?", 6, kind, **{kind: path})

@@ -25,6 +25,8 @@ CHATML_NO_DEFAULT_SYSTEM = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# What the Qwen2 template puts before the first user turn's text.
+QWEN2_HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 CONVERSATION = [
     {"from": "human", "value": "Describe it. <video>"},
     {"from": "gpt", "value": "A dog runs."},
@@ -53,10 +55,17 @@ def _encode(tok, text):
     return tok(text, add_special_tokens=False).input_ids
 
 
+def _mistral_sample_ids(tok):
+    """CONVERSATION as a Mistral training sample: the tokenizer's own ids of the text either side of the
+    (moved) video tag, -201 spliced in by hand."""
+    return _encode(tok, "<s> [INST] ") + [-201] + \
+        _encode(tok, "\nDescribe it. [/INST] A dog runs.</s> [INST] Colour? [/INST] Brown.</s>")
+
+
 def _learned_spans(tok, ids, labels):
     """The decoded runs of positions whose label is not -100 (each must equal its input id)."""
     spans, run = [], []
-    for i, lab in zip(ids, labels):
+    for i, lab in zip(ids, labels, strict=True):
         if lab == -100:
             if run:
                 spans.append(tok.decode(run))
@@ -141,18 +150,17 @@ def test_labels_mistral(tokenizer):
     ids, labels = tokenize_conversation(CONVERSATION, tokenizer, "mistral", 1024)
     assert len(ids) == len(labels)
     # The tag moves to the head of its turn; training prompts carry no system message.
-    assert ids == tokenize_multimodal(
-        "<s> [INST] <video>\nDescribe it. [/INST] A dog runs.</s> [INST] Colour? [/INST] Brown.</s>", tokenizer)
+    assert ids == _mistral_sample_ids(tokenizer)
     assert ids.count(-201) == 1 and labels[ids.index(-201)] == -100
     assert _learned_spans(tokenizer, ids, labels) == [" A dog runs.</s>", " Brown.</s>"]
 
 
 def test_labels_qwen2(tokenizer):
     ids, labels = tokenize_conversation(CONVERSATION, tokenizer, "qwen2", 1024)
-    assert ids == tokenize_multimodal(
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n<video>\nDescribe it.<|im_end|>\n<|im_start|>assistant\nA dog runs.<|im_end|>\n"
-        "<|im_start|>user\nColour?<|im_end|>\n<|im_start|>assistant\nBrown.<|im_end|>\n", tokenizer)
+    # The tokenizer's own ids of the text either side of the tag, -201 spliced in by hand.
+    assert ids == _encode(tokenizer, QWEN2_HEAD) + \
+        [-201] + _encode(tokenizer, "\nDescribe it.<|im_end|>\n<|im_start|>assistant\nA dog runs.<|im_end|>\n"
+                                    "<|im_start|>user\nColour?<|im_end|>\n<|im_start|>assistant\nBrown.<|im_end|>\n")
     assert _learned_spans(tokenizer, ids, labels) == ["A dog runs.<|im_end|>\n", "Brown.<|im_end|>\n"]
 
 
@@ -167,16 +175,17 @@ def test_leading_gpt_turn_is_dropped_and_truncation(tokenizer):
     full_ids, full_labels = tokenize_conversation(CONVERSATION, tokenizer, "mistral", 1024)
     ids, labels = tokenize_conversation([{"from": "gpt", "value": "Hello."}] + CONVERSATION, tokenizer, "mistral", 1024)
     assert (ids, labels) == (full_ids, full_labels)
+    expected = _mistral_sample_ids(tokenizer)
+    assert len(expected) > 20
     ids, labels = tokenize_conversation(CONVERSATION, tokenizer, "mistral", 20)
-    assert (ids, labels) == (full_ids[:20], full_labels[:20])
+    assert (ids, labels) == (expected[:20], full_labels[:20])
 
 
 def test_pretraining_sample(tokenizer):
     # The alignment phase: the user turn is the tag alone, the caption is learned.
     ids, labels = tokenize_conversation(CONVERSATION[:2], tokenizer, "qwen2", 1024, pretraining=True)
-    assert ids == tokenize_multimodal(
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video><|im_end|>\n"
-        "<|im_start|>assistant\nA dog runs.<|im_end|>\n", tokenizer)
+    assert ids == _encode(tokenizer, QWEN2_HEAD) + \
+        [-201] + _encode(tokenizer, "<|im_end|>\n<|im_start|>assistant\nA dog runs.<|im_end|>\n")
     assert _learned_spans(tokenizer, ids, labels) == ["A dog runs.<|im_end|>\n"]
 
 

@@ -16,11 +16,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from vllama_jax.checkpoints import CheckpointError, read_state_dict, to_params  # noqa: E402
-from vllama_jax.config import TINY_DECODERS, ConfigError, DecoderConfig, load_config  # noqa: E402
+from vllama_jax.config import TINY_DECODERS, ConfigError, DecoderConfig  # noqa: E402
 from vllama_jax.models.decoder import Decoder, abstract_params, hf_key_map, init_cache, router_aux_loss  # noqa: E402
 from vllama_jax.train.loss import causal_lm_loss  # noqa: E402
 
-from hf_reference import hf_forward  # noqa: E402
+from hf_reference import hf_forward, tiny_hf_decoder  # noqa: E402
 
 TOL = 1e-4
 B, L, PREFILL, EXTRA_SLOTS = 3, 12, 8, 4
@@ -31,21 +31,6 @@ CASES = {
     "qwen2_tied": dataclasses.replace(TINY_DECODERS["qwen2"], tie_word_embeddings=True),
     "mixtral": TINY_DECODERS["mixtral"],
 }
-
-
-def _randomize(model):
-    """HF's init (std 0.02, unit norms, zero biases) would make every logit nearly 0 and hide errors:
-    draw weights at unit-variance scale, norms around 1, biases non-zero."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
 
 
 def _masks():
@@ -61,15 +46,7 @@ def _masks():
 def _build(name, folder):
     """HF reference model of CASES[name], saved to `folder` and loaded back by our loader."""
     cfg = CASES[name]
-    torch.manual_seed(0)
-    hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
-    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="eager").eval()
-    _randomize(hf)
-    hf.save_pretrained(folder)
-
-    ours_cfg = DecoderConfig.from_hf_config(load_config(folder))
-    params = to_params(read_state_dict(folder), hf_key_map(ours_cfg), nn.unbox(abstract_params(ours_cfg)),
-                       source=folder)
+    hf, ours_cfg, params = tiny_hf_decoder(cfg, folder)
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (B, L))
     refs = {kind: hf_forward(hf, ids, mask, output_router_logits=hf.config.model_type == "mixtral") for kind, mask in _masks().items()}
     return dict(name=name, cfg=ours_cfg, hf=hf, folder=folder, params=params, ids=ids, refs=refs)
@@ -244,7 +221,8 @@ def test_wrong_shape_is_named(built):
     cfg, folder = case["cfg"], case["folder"]
     sd = read_state_dict(folder)
     sd["model.layers.0.self_attn.k_proj.weight"] = np.zeros((48, cfg.hidden_size), np.float32)
-    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight has shape \(48, 64\)"):
+    with pytest.raises(CheckpointError, match=r"key model\.layers\.0\.self_attn\.k_proj\.weight: "
+                       r"checkpoint \(48, 64\), model expects \(32, 64\)"):
         to_params(sd, hf_key_map(cfg), nn.unbox(abstract_params(cfg)), source=folder)
 
 

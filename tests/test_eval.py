@@ -1,8 +1,9 @@
 """`vllama-jax eval` end to end on the tiny video-only fixture checkpoint and generated mp4s: results.json
 fields and counts (a corrupt annotation row, a missing video), resuming without generating, refusing a
-changed setup, batch size not changing greedy answers; one audio-visual run (`--av`) on the tiny
-audio-visual fixture; and, as unit tests, each benchmark's option parser and prompt wording against the
-original's scripts, the MVBench, EgoSchema and Perception Test readers and the open-ended scores."""
+changed setup, batch size not changing greedy answers, the scores of scripted answers worked out by hand;
+one audio-visual run (`--av`) on the tiny audio-visual fixture; and, as unit tests, each benchmark's option
+parser and prompt wording against the original's scripts, the MVBench, EgoSchema and Perception Test readers
+and the open-ended scores."""
 import json
 
 import pytest
@@ -64,21 +65,52 @@ def batched_run(bench, tmp_path_factory):
 
 def test_results_count_every_row(batched_run):
     results = read_results(batched_run)
+    preds = read_predictions(batched_run)
+    # The tiny random model's answers: how many of them no option could be read from, counted in the file.
+    unparsable = sum(p.get("pred", 0) is None for p in preds.values())
     # 5 good rows, one of them a missing video; a line that is not JSON and an answer that is no option skipped.
-    assert results["counts"] == {"total": 5, "answered": 4, "unparsable": results["counts"]["unparsable"],
-                                 "errors": 1, "skipped_rows": 2}
+    assert results["counts"] == {"total": 5, "answered": 4, "unparsable": unparsable, "errors": 1, "skipped_rows": 2}
     assert [s["reason"] for s in results["skipped"]][1] == "answer 'Z' is not an index, a letter or one of the options"
     assert set(results["per_task"]) == {"colour", "motion"}
     assert results["per_task"]["motion"]["total"] == 3 and results["per_task"]["motion"]["errors"] == 1
-    preds = read_predictions(batched_run)
     assert "missing.mp4" in preds["q5"]["error"] and "pred" not in preds["q5"]
     for i in ("q1", "q2", "q3", "q4"):
-        assert preds[i]["pred"] == parse_option(preds[i]["output"], preds[i]["options"])
+        assert preds[i]["output"] and preds[i]["pred"] in (None, *range(len(preds[i]["options"])))
     assert [preds[i]["answer"] for i in ("q1", "q2", "q3", "q4")] == [0, 1, 1, 1]
     # Accuracy is over all rows (errors and unparsable answers wrong), in percent.
     correct = sum(p.get("pred") == p["answer"] for p in preds.values())
     assert results["accuracy"] == pytest.approx(100.0 * correct / 5)
-    assert results["counts"]["unparsable"] == sum(p.get("pred", 0) is None for p in preds.values())
+
+
+# Known answers for the bench rows (the missing video stays an error), each read as the mvbench parser reads it.
+SCRIPTED = {"q1": "(A) red", "q2": "it is blue", "q3": "no idea", "q4": "(D) down"}
+
+
+def test_scores_of_known_answers(bench, tmp_path, monkeypatch):
+    def scripted(model, rows, batch_size, max_new_tokens, temperature, on_result, progress):
+        for row in rows:
+            if row["id"] == "q5":
+                on_result({"id": row["id"], "question": row["question"], "error": "FileNotFoundError: missing.mp4"})
+            else:
+                on_result({"id": row["id"], "question": row["question"], "answer": SCRIPTED[row["id"]]})
+
+    monkeypatch.setattr("vllama_jax.load", lambda *a, **k: None)
+    monkeypatch.setattr("vllama_jax.commands.answer.answer_rows", scripted)
+    assert run_eval(bench, tmp_path) == 0
+    preds = read_predictions(tmp_path)
+    # A, the option named "blue", nothing, D; against the answers A, B, B, B: two right of five rows.
+    assert {i: (p.get("output"), p.get("pred")) for i, p in preds.items()} == {
+        "q1": ("(A) red", 0), "q2": ("it is blue", 1), "q3": ("no idea", None), "q4": ("(D) down", 3),
+        "q5": (None, None)}
+    results = read_results(tmp_path)
+    assert results["counts"] == {"total": 5, "answered": 4, "unparsable": 1, "errors": 1, "skipped_rows": 2}
+    # No unparsable row has C for its answer, so the original's C fallback gains nothing here.
+    assert (results["accuracy"], results["accuracy_as_original"]) == (40.0, 40.0)
+    assert results["per_task"] == {
+        "colour": {"accuracy": 100.0, "accuracy_as_original": 100.0, "total": 2, "correct": 2, "answered": 2,
+                   "unparsable": 0, "errors": 0},
+        "motion": {"accuracy": 0.0, "accuracy_as_original": 0.0, "total": 3, "correct": 0, "answered": 2,
+                   "unparsable": 1, "errors": 1}}
 
 
 def test_results_record_what_they_depend_on(batched_run):
@@ -272,10 +304,10 @@ def test_audio_visual_run(tmp_path):
                      "--media-root", str(tmp_path), "--out", str(out), "--av", "--max-context", "4096",
                      "--batch-size", "2", "--max-new-tokens", "4"]) == 0
     preds = read_predictions(out)
-    assert sorted(preds) == [0, 1] and all("error" not in p and isinstance(p["output"], str) for p in preds.values())
+    assert sorted(preds) == [0, 1] and all("error" not in p and p["output"] for p in preds.values())
     results = read_results(out)
-    assert results["counts"] == {"total": 2, "answered": 2, "unparsable": results["counts"]["unparsable"],
-                                 "errors": 0, "skipped_rows": 0}
+    unparsable = sum(p["pred"] is None for p in preds.values())
+    assert results["counts"] == {"total": 2, "answered": 2, "unparsable": unparsable, "errors": 0, "skipped_rows": 0}
     rep = results["reproducibility"]
     assert rep["audio_visual"] is True and rep["max_context"] == 4096
 

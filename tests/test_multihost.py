@@ -10,6 +10,7 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 
 from test_train import (REPO, RESUME_AT, STEPS, base, losses, read_metrics, resume_copy, run_train,  # noqa: F401
                         smoke_overrides, straight_run, train_command, train_env)
@@ -21,6 +22,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_train_as_one_and_their_checkpoint_restores_in_one(base):
     out = os.path.join(base, "two_processes")
     port = _free_port()

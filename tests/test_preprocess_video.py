@@ -253,7 +253,7 @@ def test_seeking_reads_the_same_frames_as_decoding_from_the_start(tmp_path, b_fr
         from_start = source.read(indices, seek=False)
     finally:
         source.close()
-    for i, a, b in zip(indices, by_seeking, from_start):
+    for i, a, b in zip(indices, by_seeking, from_start, strict=True):
         np.testing.assert_array_equal(a, decoded[i])
         np.testing.assert_array_equal(b, decoded[i])
 

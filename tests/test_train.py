@@ -202,6 +202,7 @@ def test_mfu_table_and_flops():
 # Real runs
 # ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_smoke_run_learns_and_reports_bad_rows(straight):
     out, metrics = straight
     assert sorted(metrics) == list(range(1, STEPS + 1))
@@ -214,6 +215,7 @@ def test_smoke_run_learns_and_reports_bad_rows(straight):
     assert load_train_config(os.path.join(out, "config.yaml")).train.steps == STEPS
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_with_the_same_losses(base, straight):
     # What a run killed during step RESUME_AT + 2, in the middle of saving it, leaves behind: the last
     # finalized checkpoint and Orbax's temporary folder of the unfinished save, which must be ignored.
@@ -226,6 +228,7 @@ def test_interrupted_run_resumes_with_the_same_losses(base, straight):
     assert resumed[STEPS]["bad_samples_total"] == straight[1][STEPS]["bad_samples_total"]  # kept in the state
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_single_device_losses(base, straight):
     # The single-device run's checkpoint, resharded onto data 2 x fsdp 2 x tensor 2, continues as it did.
     out = resume_copy(straight[0], os.path.join(base, "eight"), RESUME_AT)
@@ -235,6 +238,7 @@ def test_eight_devices_give_the_single_device_losses(base, straight):
     np.testing.assert_allclose(losses(metrics), losses(straight[1], later), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_next_phase_starts_from_the_last_and_keeps_frozen_parts_bit_identical(base, straight):
     from vllama_jax.checkpoints.orbax import read_run_params
     out = os.path.join(base, "next_phase")
@@ -242,10 +246,10 @@ def test_next_phase_starts_from_the_last_and_keeps_frozen_parts_bit_identical(ba
                             "optimizer.trainable": "[connector]", "optimizer.learning_rate": 1e-3})
     before, after = read_run_params(straight[0]), read_run_params(out)
     for part in ("decoder", "vision"):
-        for a, b in zip(jax.tree_util.tree_leaves(before[part]), jax.tree_util.tree_leaves(after[part])):
+        for a, b in zip(jax.tree_util.tree_leaves(before[part]), jax.tree_util.tree_leaves(after[part]), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before["connector"]),
-                                                          jax.tree_util.tree_leaves(after["connector"]))]
+                                                          jax.tree_util.tree_leaves(after["connector"]), strict=True)]
     assert any(moved)
     # The optimizer state of the phase holds Adam moments for the connector only (a frozen param's
     # slot is an empty MaskedNode, saved as None).
@@ -256,44 +260,47 @@ def test_next_phase_starts_from_the_last_and_keeps_frozen_parts_bit_identical(ba
     assert moments and all("'connector'" in k for k in moments), moments[:5]
 
 
-class TinyMoELM(nn.Module):
-    """TinyLM with a Mixtral sparse-MoE block, which sows its router statistics."""
+class DecoderLM(nn.Module):
+    """Our decoder as the train step's model: batch -> logits, labels, mask."""
+    cfg: DecoderConfig
 
     @nn.compact
     def __call__(self, batch):
-        from vllama_jax.layers.moe import SparseMoE
+        from vllama_jax.models.decoder import Decoder
 
-        x = nn.Embed(50, 8, name="vision")(batch["input_ids"])
-        x = SparseMoE(num_experts=4, top_k=2, hidden=16, name="block_sparse_moe")(x, batch["attention_mask"])
-        return {"logits": nn.Dense(50, name="decoder")(x), "labels": batch["labels"],
-                "attention_mask": batch["attention_mask"]}
+        logits, _ = Decoder(self.cfg, name="decoder")(batch["input_ids"], attention_mask=batch["attention_mask"])
+        return {"logits": logits, "labels": batch["labels"], "attention_mask": batch["attention_mask"]}
 
 
-def test_mixtral_load_balancing_loss_enters_the_step_when_asked():
+def test_mixtral_load_balancing_loss_enters_the_step_when_asked(tmp_path):
+    """The step's loss is HF MixtralForCausalLM's: cross-entropy alone by default, plus the config's
+    coefficient x the load-balancing loss with output_router_logits."""
+    torch = pytest.importorskip("torch")
+    from hf_reference import hf_forward, tiny_hf_decoder
     from vllama_jax.config import TINY_DECODERS, VideoLLaMA2Config
-    from vllama_jax.models.decoder import router_aux_loss
-    from vllama_jax.train.loss import causal_lm_loss
     from vllama_jax.train.step import router_loss_weight
 
     mixtral = TINY_DECODERS["mixtral"]
     assert router_loss_weight(VideoLLaMA2Config(mixtral, None, None)) == 0.0  # HF's default: off
-    on = dataclasses.replace(mixtral, output_router_logits=True)
-    assert router_loss_weight(VideoLLaMA2Config(on, None, None)) == mixtral.router_aux_loss_coef
+    on = dataclasses.replace(mixtral, output_router_logits=True, router_aux_loss_coef=0.5)
+    assert router_loss_weight(VideoLLaMA2Config(on, None, None)) == 0.5
     assert DecoderConfig.from_hf_config(on.to_hf_config()).output_router_logits
 
-    model = TinyMoELM()
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 50, (4, 6)).astype(np.int32)
-    batch = {"input_ids": ids, "labels": ids, "attention_mask": np.ones((4, 6), bool), "bad": np.zeros(4, bool)}
-    params = model.init(jax.random.PRNGKey(0), batch)["params"]
-    mask = trainable_mask(params, ["decoder", "block_sparse_moe"])
-    cfg = load_train_config(SMOKE)
-    tx = make_optimizer(cfg.optimizer, 2, mask)
+    hf, cfg, decoder_params = tiny_hf_decoder(on, str(tmp_path))
+    ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (4, 6)).astype(np.int32)
+    mask = np.ones(ids.shape, bool)
+    mask[1, 4:] = mask[3, 2:] = False  # right padding, out of the loss and of the router statistics
+    labels = np.where(mask, ids, IGNORE_INDEX)
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "bad": np.zeros(4, bool)}
+    model, params = DecoderLM(cfg), {"decoder": decoder_params}
+    mask_tree = trainable_mask(params, ["decoder"])
+    tx = make_optimizer(load_train_config(SMOKE).optimizer, 2, mask_tree)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0), "rng": jax.random.PRNGKey(1),
              "bad_samples": jnp.int32(0)}
-    out, inter = model.apply({"params": params}, batch, mutable=["intermediates"])
-    ce, aux = causal_lm_loss(out["logits"], out["labels"])[0], router_aux_loss(inter["intermediates"])
-    for coef in (0.0, 0.5):
-        step = jax.jit(make_train_step(model, tx, mask, lr_schedule(0.1, 2, 0.0), router_aux_loss_coef=coef))
+    for config in (mixtral, on):
+        coef = router_loss_weight(VideoLLaMA2Config(config, None, None))
+        step = jax.jit(make_train_step(model, tx, mask_tree, lr_schedule(0.1, 2, 0.0), router_aux_loss_coef=coef))
         _, metrics = step(state, batch)
-        np.testing.assert_allclose(float(metrics["loss"]), float(ce) + coef * float(aux), rtol=1e-6)
+        hf_loss = hf_forward(hf, ids, mask, labels=torch.tensor(labels.astype(np.int64)),
+                             output_router_logits=config.output_router_logits).loss
+        np.testing.assert_allclose(float(metrics["loss"]), float(hf_loss), rtol=1e-6)

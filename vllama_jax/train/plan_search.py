@@ -108,9 +108,13 @@ def search(cfg: TrainConfig, topology: str, meshes: Any = "auto", batch: Any = N
         meshes = mesh_candidates(model_cfg, devices)
     meshes = [_sizes(m, devices) for m in meshes]
     rows: List[dict] = []
+    contenders: List[dict] = []  # per mesh, the plan that counts: its largest fitting batch
     for mesh in meshes:
         if batch == "auto":
-            rows += largest_batch(cfg, topology, mesh, **kw)
+            tries = largest_batch(cfg, topology, mesh, **kw)
+            rows += tries
+            fitting = [r["plan"] for r in tries if r["plan"] is not None and r["plan"]["fits"]]
+            contenders += fitting[-1:]
             continue
         batch_devices = mesh.get("data", 1) * mesh.get("fsdp", 1)
         if (cfg.train.global_batch_size // cfg.train.grad_accum) % batch_devices:
@@ -120,10 +124,11 @@ def search(cfg: TrainConfig, topology: str, meshes: Any = "auto", batch: Any = N
         plan, err = _try(with_mesh_and_batch(cfg, mesh, cfg.train.global_batch_size, cfg.train.grad_accum),
                          topology, **kw)
         rows.append(_row(mesh, plan, err))
-    fitting = [r["plan"] for r in rows if r["plan"] is not None and r["plan"]["fits"]]
-    timed = [p for p in fitting if p["est_step_time_s"] is not None]
+        if plan is not None and plan["fits"]:
+            contenders.append(plan)
+    timed = [p for p in contenders if p["est_step_time_s"] is not None]
     best = min(timed, key=lambda p: p["est_step_time_s"] / p["global_batch"]) if timed else (
-        fitting[-1] if fitting else None)
+        contenders[0] if contenders else None)
     if any(r["plan"] is not None and r["plan"]["fits"] is None for r in rows):
         log.warning("no HBM size is known for these devices: pass --hbm-gib to choose among the meshes")
     return {"topology": topology, "candidates": rows, "best": best}

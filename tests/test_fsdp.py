@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -37,14 +38,15 @@ def _register_wide_preset():
                                           connector=dataclasses.replace(base.connector, out_dim=WIDTH))
 
 
-def _plan(devices, batch):
-    from vllama_jax.commands.plan import phase_config_path
-    from vllama_jax.train.config import load_train_config
-    from vllama_jax.train.plan import plan_phase
-    cfg = load_train_config(phase_config_path("video_finetune"),
-                            [f"model.preset={WIDE}", f"mesh.fsdp={devices}", "mesh.data=1",
-                             f"train.global_batch_size={batch}", *SMALL])
-    return plan_phase(cfg, f"cpu:{devices}")
+def _plan(devices, batch, tmp):
+    """`vllama-jax plan --topology cpu:N` of the wide preset, as a user runs it; the JSON it writes."""
+    from vllama_jax import cli
+    out = os.path.join(tmp, f"plan{devices}.json")
+    flags = ["--phase", "video_finetune", "--preset", WIDE, "--topology", f"cpu:{devices}", "--mesh", f"fsdp={devices}",
+             "--global-batch", str(batch), "--out", out]
+    assert cli.main(["plan", *flags, *[x for kv in SMALL for x in ("--set", kv)]]) == 0
+    with open(out) as f:
+        return json.load(f)
 
 
 def _connector_check():
@@ -96,7 +98,8 @@ def _fallback_check():
 
 def main():
     _register_wide_preset()
-    four, eight = _plan(4, 4), _plan(8, 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        four, eight = _plan(4, 4, tmp), _plan(8, 8, tmp)
     report = {"connector": _connector_check(), "fallback": _fallback_check()}
     for name, plan in (("fsdp4", four), ("fsdp8", eight)):
         report[name] = {k: plan[k] for k in ("memory_per_device", "state_bytes", "batch_bytes", "params", "fits",

@@ -51,7 +51,8 @@ def state_lower_bound(cfg) -> int:
     model_cfg = cfg.model.resolve()
     params = nn.unbox(boxed_abstract_params(VideoLLaMA2(model_cfg), dummy_batch(model_cfg)))
     mask = trainable_mask(params, cfg.optimizer.trainable)
-    sizes = [(math.prod(x.shape), t) for x, t in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask))]
+    leaves = zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask))
+    sizes = [(math.prod(x.shape), t) for x, t in leaves]
     return sum(4 * n + (8 * n if t else 0) for n, t in sizes)
 
 

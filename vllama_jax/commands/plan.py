@@ -88,10 +88,10 @@ def _memory_line(plan: dict) -> str:
     mem = plan["memory_per_device"]
     if mem is None:
         return f"more than {plan['hbm_per_device_gib']:.1f} GiB: {plan['compiler_out_of_memory']}"
-    if plan["hbm_per_device_gib"] is None:
-        return (f"{mem['peak_gib']:.2f} GiB (no HBM size known: --hbm-gib): arguments {mem['arguments_gib']:.2f} GiB, "
-                f"temporaries {mem['temporaries_gib']:.2f} GiB")
     gib = lambda k: f"{mem[k + '_gib']:.2f} GiB"  # noqa: E731
+    if plan["hbm_per_device_gib"] is None:
+        return (f"{gib('peak')} (no HBM size known: --hbm-gib): arguments {gib('arguments')}, "
+                f"temporaries {gib('temporaries')}")
     return (f"{gib('peak')} of {plan['hbm_per_device_gib']:.1f} GiB: arguments {gib('arguments')}, temporaries "
             f"{gib('temporaries')}, outputs not aliased {(mem['outputs_bytes'] - mem['aliased_bytes']) / 2 ** 30:.2f} GiB")
 

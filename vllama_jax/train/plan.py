@@ -4,11 +4,11 @@
     plan["memory_per_device"]["peak_gib"], plan["fits"], plan["est_step_time_s"]
 
 XLA's TPU compiler ships in libtpu and runs on any host: `jax.experimental.topologies` describes a
-slice ("v5p:4x4x8") as abstract devices that programs can be compiled for but not run on. A topology
-"cpu:N" compiles for N simulated host devices instead (no libtpu needed; XLA's CPU compiler, so the
-memory is the CPU program's, without TPU tiling, and there is no peak to estimate a step time from). The phase's
-own train step (`loop.train_program`, the one `vllama-jax train` runs: same model, remat, optimizer
-mask, state and batch shardings) is lowered on abstract inputs (shapes + shardings, no memory, so a
+slice ("v5p:4x4x8") as abstract devices that programs can be compiled for but not run on. (A topology
+"cpu:N" compiles for N simulated host devices instead: no libtpu needed, XLA's CPU compiler, so the
+memory is the CPU program's, without TPU tiling, and there is no peak to estimate a step time from.)
+The phase's own train step (`loop.train_program`, the one `vllama-jax train` runs: same model, remat,
+optimizer mask, state and batch shardings) is lowered on abstract inputs (shapes + shardings, no memory, so a
 72B model plans on a laptop) and compiled for those devices. From the compiled program:
 
     memory     XLA's per-device buffer assignment (`memory_analysis`): arguments (state + batch),
@@ -62,8 +62,9 @@ def cpu_devices(n: int) -> List[Any]:
     """n host (CPU) devices: asks JAX for them if its backends have not started yet, else takes what
     `--xla_force_host_platform_device_count` gave (the count is fixed once JAX has started)."""
     forced = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
-    try:  # never fewer than asked for before (a later plan of fewer devices takes the first n)
-        jax.config.update("jax_num_cpu_devices", max(n, jax.config.jax_num_cpu_devices, int(forced[1]) if forced else 1))
+    want = max(n, jax.config.jax_num_cpu_devices, int(forced[1]) if forced else 1)
+    try:  # never fewer than were asked for before: a later plan of fewer devices takes the first n
+        jax.config.update("jax_num_cpu_devices", want)
     except RuntimeError:  # backends already initialized: the device count is what it is
         pass
     devices = jax.devices("cpu")

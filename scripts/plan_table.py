@@ -4,6 +4,7 @@ whose train step fits, from real compiles (`vllama_jax/train/plan.py`) on this C
     python scripts/plan_table.py --family v5p --presets VideoLLaMA2-7B-16F --phases video_finetune \
         --out-dir runs/plan_table
     python scripts/plan_table.py --table runs/plan_table      # the markdown table of what is there
+    python scripts/plan_table.py --out-dir runs/plan_table --record plan.json   # a `plan --out` as a cell
 
 For each cell, slices of the family are tried from the smallest that could hold the train state
 (float32 params, Adam moments of the trainable ones: a lower bound, no compile) upwards, with the mesh
@@ -122,10 +123,24 @@ def main(argv=None) -> int:
     p.add_argument("--max-chips", type=int, default=512)
     p.add_argument("--out-dir", default="runs/plan_table")
     p.add_argument("--table", metavar="DIR", help="print the markdown table of the cells in DIR and stop")
+    p.add_argument("--record", nargs="*", metavar="PLAN_JSON", default=[],
+                   help="file plans written by `vllama-jax plan --out` as cells of --out-dir (on the smallest "
+                        "slice of their family: the caller vouches for that) and stop")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.table:
         print(table(args.table))
+        return 0
+    for path in args.record:
+        with open(path) as f:
+            plan = json.load(f)
+        family = plan["topology"].split(":")[0]
+        os.makedirs(args.out_dir, exist_ok=True)
+        with open(os.path.join(args.out_dir, f"{plan['preset']}__{plan['phase']}__{family}.json"), "w") as f:
+            json.dump({"preset": plan["preset"], "phase": plan["phase"], "family": family, "plan": plan,
+                       "tried": [{"topology": plan["topology"], "fits": plan["fits"], "recorded_from": path}]},
+                      f, indent=1)
+    if args.record:
         return 0
     from vllama_jax.config import preset as get_preset
     for name in args.presets:

@@ -69,8 +69,9 @@ def test_plan_av_model_with_hbm_override_does_not_fit(tmp_path):
     (["--mesh", "pipeline=4"], ["--mesh", "pipeline"]),
     (["--preset", "no-such-model"], ["--preset", "no-such-model", "tiny-mistral"]),
     (["--global-batch", "6"], ["--global-batch 6"]),
+    (["--global-batch", "lots"], ["--global-batch lots", "auto"]),
     (["--phase", "no_such_phase"], ["--phase no_such_phase", "video_finetune"]),
-    (["--topology", "v5p"], ["--topology", "v5p:2x2x2"]),
+    (["--topology", "v5p"], ["--topology", "v5p:2x2x2", "cpu:N"]),
 ])
 def test_plan_bad_input_names_the_flag(tmp_path, capsys, flags, named):
     base = {"--phase": "video_finetune", "--preset": "tiny-mistral", "--topology": "v5p:2x2x1", "--mesh": "fsdp=4"}

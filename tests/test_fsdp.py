@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 
-# Two CPU compiles of the train step and one of the connector: ~40 s on a quiet 2-core host.
+# Two CPU compiles of the train step and one of the connector: 2 to 5 min on a busy 2-core host.
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

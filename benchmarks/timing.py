@@ -93,7 +93,7 @@ def environment(torch_device: str) -> dict:
     import torch
     import transformers
 
-    from vllama_jax.train.flops import peak_flops
+    from vllama_jax.devices import peak_flops
 
     dev = jax.devices()[0]
     try:

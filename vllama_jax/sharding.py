@@ -4,11 +4,18 @@ Models name every param axis and block-boundary activation axis logically (`embe
 `vocab`, `expert`, `batch`, ...). `LOGICAL_AXIS_RULES` maps those names onto four mesh axes:
 
     data     pure data parallelism: the batch is split, params are replicated
-    fsdp     the batch is split AND params are split on their `embed` axis (gathered per layer by XLA)
+    fsdp     the batch is split AND every param that grows with the model is split: on its `embed`
+             axis, or, for convolutions (vision patch embedding, STC connector, BEATs), on its output
+             channels (`conv_out`, else `conv_in`); gathered per layer by XLA
     tensor   Megatron-style tensor parallelism: heads, MLP width and vocab are split
     expert   Mixtral's experts are split (activations are replicated across it: use it for MoE models)
 
 Changing the parallelism means changing the mesh shape (or this table), never model code.
+
+Params are resolved with their shapes (`param_spec`): rules are tried in order, and a rule whose mesh
+axes do not divide the dimension is passed over (logged once), so a later rule for the same name can
+place it (`conv_in` when `conv_out` does not divide), or it stays whole. A sharding is thus always
+valid, at worst a larger one (tiny test models, 8 kv heads on a tensor axis of 16).
 
 Typical use, the same on one host or many (every process runs the same program):
 
@@ -21,6 +28,8 @@ Typical use, the same on one host or many (every process runs the same program):
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -28,6 +37,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
@@ -51,8 +62,13 @@ LOGICAL_AXIS_RULES: Tuple[Tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("layers", None),  # the scanned layer stack: every device holds its slice of every layer
     ("norm", None),
-    ("conv_in", None),  # convolutions (vision patch embedding, STC connector, BEATs): small, replicated
-    ("conv_out", None),
+    # Convolutions (vision patch embedding, STC connector, BEATs). The STC connector's RegStage convs
+    # and sampler are hidden x hidden (the 72B's sampler is 2 x 2 x 2 x 8192 x 8192; its connector has
+    # 1.9B params, 22 GiB with Adam moments): replicated, they would be the largest share of a large
+    # model's per-device state under FSDP. Output channels first (a depthwise conv has one input channel
+    # per group), the input channels where the output channels do not divide.
+    ("conv_out", "fsdp"),
+    ("conv_in", "fsdp"),
     ("conv_k", None),
     ("conv_t", None),  # a conv kernel's spatial axes (time, height, width): distinct names, since Flax
     ("conv_h", None),  # refuses a name repeated within one array
@@ -95,18 +111,38 @@ def use_mesh(mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES):
         yield
 
 
-def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: jax.sharding.Mesh) -> PartitionSpec:
-    """Drop mesh axes the mesh does not have, and replicate a dimension its mesh axes do not divide
-    (tiny test models, 8 kv heads on a tensor axis of 16): always a valid sharding, at worst a larger one."""
-    out = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-        names = tuple(a for a in names if a in mesh.shape)
-        size = math.prod(mesh.shape[a] for a in names)
-        if not names or dim % size:
-            out.append(None)
-        else:
-            out.append(names[0] if len(names) == 1 else names)
+@functools.lru_cache(maxsize=None)
+def _note_unsplit(name: str, dim: int, axes: Tuple[str, ...], size: int) -> None:
+    log.info("logical axis '%s' of size %d does not divide over mesh axes %s (%d devices): not split there",
+             name, dim, axes, size)
+
+
+def param_spec(logical_axes: Sequence[Optional[str]], shape: Sequence[int], mesh: jax.sharding.Mesh,
+               rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+    """The PartitionSpec of one array of `shape` with logical axis names `logical_axes`, on `mesh`.
+
+    As Flax's `logical_to_mesh_axes` (rules in priority order, each mesh axis used once per array), but
+    shape-aware: a rule whose mesh axes do not divide the dimension is skipped, so that the next rule
+    for the same logical name applies (or none: the dimension stays whole). Mesh axes the mesh lacks
+    are dropped."""
+    out: list = [None] * len(shape)
+    assigned = [name is None for name in logical_axes]
+    used: set = set()
+    for rule_name, rule_axes in rules:
+        for pos, name in enumerate(logical_axes):
+            if name != rule_name or assigned[pos]:
+                continue
+            axes = () if rule_axes is None else ((rule_axes,) if isinstance(rule_axes, str) else tuple(rule_axes))
+            axes = tuple(a for a in axes if a in mesh.shape)
+            if used.intersection(axes):
+                continue  # taken by a higher-priority dimension of this array: a later rule may apply
+            size = math.prod(mesh.shape[a] for a in axes)
+            if shape[pos] % size:
+                _note_unsplit(name, int(shape[pos]), axes, size)
+                continue
+            assigned[pos] = True
+            used.update(axes)
+            out[pos] = None if not axes else (axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*out)
 
 
@@ -116,8 +152,7 @@ def named_sharding(mesh: jax.sharding.Mesh, logical_axes: Optional[Sequence[Opti
     (None: replicated), e.g. `named_sharding(mesh, decoder.CACHE_AXES, cache["k"].shape)`."""
     if logical_axes is None:
         return NamedSharding(mesh, PartitionSpec())
-    spec = nn.logical_to_mesh_axes(tuple(logical_axes), rules)
-    return NamedSharding(mesh, _fit(spec, shape, mesh))
+    return NamedSharding(mesh, param_spec(tuple(logical_axes), tuple(shape), mesh, rules))
 
 
 def _is_box(x) -> bool:

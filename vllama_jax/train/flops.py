@@ -1,7 +1,7 @@
-"""FLOPs of one train step, and the peak FLOP/s they are measured against (MFU).
+"""FLOPs of one train step, for the MFU metric and the planner's step-time estimate.
 
-Peak numbers per JAX `device_kind` live in `PEAKS`, the one table the MFU logger, the benchmarks and
-the planner read. MFU = estimated step FLOPs / (step time x devices x peak).
+MFU = estimated step FLOPs / (step time x devices x peak), with the peak per JAX `device_kind` from
+`vllama_jax/devices.py` (the one device table; `peak_flops` is re-exported here).
 
 The estimate counts matmuls, 2 FLOPs per multiply-add: a part with N matmul params that sees t tokens
 costs 2 N t forward, 2 N t more backward to pass gradients to its input when something before it
@@ -13,37 +13,17 @@ every param met every frame token, an overestimate of a part that is ~1 % of the
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 import jax
 import numpy as np
 
 from vllama_jax.config import VideoLLaMA2Config
-
-# device_kind substring -> (peak dense bf16 FLOP/s, HBM bytes/s). First match wins: specific names first.
-PEAKS: Tuple[Tuple[str, float, float], ...] = (
-    ("H200", 989e12, 4.8e12),
-    ("H100", 989e12, 3.35e12),
-    ("TPU v5 lite", 197e12, 0.82e12),  # v5e
-    ("TPU v5e", 197e12, 0.82e12),
-    ("TPU v5p", 459e12, 2.77e12),
-    ("TPU v5", 459e12, 2.77e12),  # v5p reports "TPU v5"
-    ("TPU v6 lite", 918e12, 1.64e12),  # v6e (Trillium)
-    ("TPU v6e", 918e12, 1.64e12),
-    ("TPU v4", 275e12, 1.2e12),
-)
+from vllama_jax.devices import peak_flops  # noqa: F401  (the MFU's denominator, used with these FLOPs)
 
 # Which parts feed which: a part needs input gradients when any part upstream of it trains.
 UPSTREAM = {"vision": (), "connector": ("vision",), "audio": (), "audio_projector": ("audio",),
             "decoder": ("vision", "connector", "audio", "audio_projector")}
-
-
-def peak_flops(device_kind: str) -> Optional[float]:
-    """Peak bf16 FLOP/s of one device, or None for an unknown kind (CPU): then no MFU is reported."""
-    for name, flops, _ in PEAKS:
-        if name.lower() in device_kind.lower():
-            return flops
-    return None
 
 
 def matmul_params(params) -> Dict[str, int]:

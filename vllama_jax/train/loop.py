@@ -36,7 +36,8 @@ from vllama_jax.models.sequence import FBANK_FRAMES, dummy_batch, spliced_length
 from vllama_jax.models.videollama2 import VideoLLaMA2
 from vllama_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_mesh, shard_batch, use_mesh
 from vllama_jax.train.config import TrainConfig
-from vllama_jax.train.flops import matmul_params, peak_flops, train_step_flops
+from vllama_jax.devices import peak_flops
+from vllama_jax.train.flops import matmul_params, train_step_flops
 from vllama_jax.train.metrics import MetricsWriter
 from vllama_jax.train.optimizer import check_patterns, lr_schedule, make_optimizer, trainable_mask
 from vllama_jax.train.state import abstract_state, initial_params, new_state, state_shardings

@@ -1,12 +1,14 @@
 """Plan a training phase for a TPU slice you do not have: compile its real train step on this CPU host.
 
     plan = plan_phase(load_train_config("launch/configs/video_finetune.yaml"), "v5p:2x2x2")
-    plan["memory"]["peak_gib"], plan["fits"], plan["est_step_time_s"]
+    plan["memory_per_device"]["peak_gib"], plan["fits"], plan["est_step_time_s"]
 
 XLA's TPU compiler ships in libtpu and runs on any host: `jax.experimental.topologies` describes a
-slice ("v5p:4x4x8") as abstract devices that programs can be compiled for but not run on. The phase's
-own train step (`loop.train_program`, the one `vllama-jax train` runs: same model, remat, optimizer
-mask, state and batch shardings) is lowered on abstract inputs (shapes + shardings, no memory, so a
+slice ("v5p:4x4x8") as abstract devices that programs can be compiled for but not run on. (A topology
+"cpu:N" compiles for N simulated host devices instead: no libtpu needed, XLA's CPU compiler, so the
+memory is the CPU program's, without TPU tiling, and there is no peak to estimate a step time from.)
+The phase's own train step (`loop.train_program`, the one `vllama-jax train` runs: same model, remat,
+optimizer mask, state and batch shardings) is lowered on abstract inputs (shapes + shardings, no memory, so a
 72B model plans on a laptop) and compiled for those devices. From the compiled program:
 
     memory     XLA's per-device buffer assignment (`memory_analysis`): arguments (state + batch),
@@ -16,6 +18,8 @@ mask, state and batch shardings) is lowered on abstract inputs (shapes + shardin
                and `compiler_out_of_memory` holds the compiler's message (how much it needed).
     time       the step's matmul FLOPs, counted analytically (`flops.py`: XLA's own cost analysis counts
                a scanned layer stack once), over the slice's peak FLOP/s at an assumed MFU.
+
+Chip numbers (HBM size, peak FLOP/s, HBM bandwidth) come from `vllama_jax/devices.py`.
 
 The batch is the data pipeline's own (`samples.collate`) at the phase's largest text bucket: the
 step's worst case.
@@ -34,9 +38,9 @@ import jax
 import numpy as np
 
 from data_pipelines.samples import collate, default_buckets, empty_sample
+from vllama_jax.devices import device_spec
 from vllama_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, use_mesh
 from vllama_jax.train.config import TrainConfig
-from vllama_jax.train.flops import PEAKS
 from vllama_jax.train.loop import check_batch_split, train_program
 from vllama_jax.train.state import abstract_state
 
@@ -46,31 +50,37 @@ LIBTPU_PIN = "libtpu==0.0.42.1"  # what jax[tpu]==0.10.2 pins
 DEFAULT_MFU = 0.4  # an assumption, stated in every plan: well-tuned dense training reaches 0.4-0.6
 GIB = 2 ** 30
 
-# device_kind substring -> HBM GiB per chip. First match wins: specific names first (as flops.PEAKS).
-HBM_GIB: Tuple[Tuple[str, float], ...] = (
-    ("TPU v5 lite", 16), ("TPU v5e", 16),  # v5e reports "TPU v5 lite"
-    ("TPU v5p", 95), ("TPU v5", 95),  # v5p reports "TPU v5"
-    ("TPU v6 lite", 32), ("TPU v6e", 32),  # v6e (Trillium)
-    ("TPU v4", 32),
-)
-
-
 class PlanError(ValueError):
     """A plan that cannot be made: names the flag or value at fault."""
-
-
-def _per_chip(table, device_kind: str):
-    return next((row[1:] for row in table if row[0].lower() in device_kind.lower()), None)
 
 
 # ----------------------------------------------------------------------------------------------------
 # The slice
 # ----------------------------------------------------------------------------------------------------
 
+def cpu_devices(n: int) -> List[Any]:
+    """n host (CPU) devices: asks JAX for them if its backends have not started yet, else takes what
+    `--xla_force_host_platform_device_count` gave (the count is fixed once JAX has started)."""
+    forced = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    want = max(n, jax.config.jax_num_cpu_devices, int(forced[1]) if forced else 1)
+    try:  # never fewer than were asked for before: a later plan of fewer devices takes the first n
+        jax.config.update("jax_num_cpu_devices", want)
+    except RuntimeError:  # backends already initialized: the device count is what it is
+        pass
+    devices = jax.devices("cpu")
+    if len(devices) < n:
+        raise PlanError(f"--topology cpu:{n}: this process has {len(devices)} CPU devices, and JAX has started; "
+                        f"run the plan in a fresh process or with XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+    return devices[:n]
+
+
 def topology_devices(topology: str) -> List[Any]:
-    """The abstract devices of a TPU slice named like "v5p:4x4x8" or "v5e:2x2"."""
+    """The abstract devices of a TPU slice named like "v5p:4x4x8" or "v5e:2x2", or N host devices "cpu:N"."""
+    if re.fullmatch(r"cpu:\d+", topology):
+        return cpu_devices(int(topology.split(":")[1]))
     if not re.fullmatch(r"v\w+:\d+(x\d+)*", topology):
-        raise PlanError(f"--topology {topology!r}: expected a TPU slice such as v5p:2x2x2, v5e:2x2, v6e:4x4")
+        raise PlanError(f"--topology {topology!r}: expected a TPU slice such as v5p:2x2x2, v5e:2x2, v6e:4x4, "
+                        f"or cpu:N (N simulated host devices)")
     if importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"):
         raise PlanError(f"--topology {topology}: planning for a TPU compiles with XLA's TPU compiler, which is in "
                         f"libtpu; install it with `pip install {LIBTPU_PIN}` (it runs on a CPU host), or point "
@@ -96,7 +106,10 @@ def topology_devices(topology: str) -> List[Any]:
 
 
 def chip_count(devices: Sequence[Any]) -> int:
-    """Chips of a slice. A v5p/v6e chip is one device; a v4 chip without megacore shows its 2 cores."""
+    """Chips of a slice. A v5p/v6e chip is one device; a v4 chip without megacore shows its 2 cores.
+    Host (CPU) devices count one each."""
+    if not all(hasattr(d, "coords") for d in devices):
+        return len(devices)
     return len({tuple(d.coords) for d in devices})
 
 
@@ -142,7 +155,8 @@ def plan_phase(cfg: TrainConfig, topology: str, hbm_gib: Optional[float] = None,
                mfu: float = DEFAULT_MFU) -> Dict[str, Any]:
     """Compile phase `cfg`'s train step for `topology` and return the plan (see the module docstring).
 
-    hbm_gib: the HBM of one device, instead of the chip's from `HBM_GIB` (needed for unknown chips)."""
+    hbm_gib: the HBM of one device, instead of the chip's from `vllama_jax.devices` (without either,
+    as for CPU devices, `fits` is None)."""
     devices = topology_devices(topology)
     kind, chips = devices[0].device_kind, chip_count(devices)
     try:
@@ -163,12 +177,10 @@ def plan_phase(cfg: TrainConfig, topology: str, hbm_gib: Optional[float] = None,
 
     log.info("compiling the %s train step for %s (%d devices, mesh %s) ...", cfg.name, topology, len(devices),
              dict(mesh.shape))
+    spec = device_spec(kind)
     per_device_hbm = hbm_gib * GIB if hbm_gib else None
-    if per_device_hbm is None:
-        chip_hbm = _per_chip(HBM_GIB, kind)
-        if chip_hbm is None:
-            raise PlanError(f"no HBM size is known for device kind '{kind}': pass --hbm-gib")
-        per_device_hbm = chip_hbm[0] * GIB * chips / len(devices)
+    if per_device_hbm is None and spec is not None and spec.hbm_gib is not None:
+        per_device_hbm = spec.hbm_gib * GIB * chips / len(devices)
     start = time.perf_counter()
     oom = None
     with use_mesh(mesh, LOGICAL_AXIS_RULES):
@@ -183,17 +195,14 @@ def plan_phase(cfg: TrainConfig, topology: str, hbm_gib: Optional[float] = None,
     log.info("compiled in %.1f s%s", compile_s, " (out of memory)" if oom else "")
 
     flops = program.step_flops(cfg.train.global_batch_size, text_len)
-    peaks = _per_chip(PEAKS, kind)
     timing = {"compute_s": None, "memory_s": None, "bound": None}
     est = None
-    if peaks is not None:
-        peak_flops, hbm_bandwidth = peaks
-        timing["compute_s"] = flops / (chips * peak_flops)
-        # Each device reads its state + batch and writes the new state at least once per step.
+    if spec is not None and spec.peak_flops is not None:
+        timing["compute_s"] = flops / (chips * spec.peak_flops)
         est = timing["compute_s"] / mfu
         if memory is not None:
             # Each device reads its state + batch and writes the new state at least once per step.
-            timing["memory_s"] = (memory["arguments"] + memory["outputs"]) / (hbm_bandwidth * chips / len(devices))
+            timing["memory_s"] = (memory["arguments"] + memory["outputs"]) / (spec.hbm_bandwidth * chips / len(devices))
             timing["bound"] = "compute" if timing["compute_s"] >= timing["memory_s"] else "memory"
             est = max(est, timing["memory_s"])
 
@@ -208,9 +217,12 @@ def plan_phase(cfg: TrainConfig, topology: str, hbm_gib: Optional[float] = None,
         "memory_per_device": None if memory is None else {**{f"{k}_bytes": v for k, v in memory.items()},
                                                           **{f"{k}_gib": v / GIB for k, v in memory.items()}},
         "compiler_out_of_memory": oom,
-        "hbm_per_device_gib": per_device_hbm / GIB, "hbm_from": "--hbm-gib" if hbm_gib else kind,
-        "fits": memory is not None and memory["peak"] <= per_device_hbm,
-        "headroom_gib": None if memory is None else (per_device_hbm - memory["peak"]) / GIB,
+        "hbm_per_device_gib": None if per_device_hbm is None else per_device_hbm / GIB,
+        "hbm_from": "--hbm-gib" if hbm_gib else (kind if per_device_hbm is not None else None),
+        # None where no HBM size is known (CPU devices without --hbm-gib).
+        "fits": None if per_device_hbm is None and memory is not None else (
+            memory is not None and memory["peak"] <= per_device_hbm),
+        "headroom_gib": None if memory is None or per_device_hbm is None else (per_device_hbm - memory["peak"]) / GIB,
         "flops_per_step": flops, "assumed_mfu": mfu, "est_step_time_s": est,
         "roofline": {**timing, "note": "compute_s: the step's matmul FLOPs at the slice's peak; memory_s: reading "
                                        "the step's arguments and writing its outputs once at peak HBM bandwidth"},

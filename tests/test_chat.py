@@ -12,7 +12,7 @@ import pytest
 
 import vllama_jax
 from data_pipelines.synthetic import write_video
-from vllama_jax.commands.answer import answer_rows
+from vllama_jax.answering import answer_rows
 
 from conftest import FIXTURES
 

@@ -10,7 +10,7 @@ import pytest
 
 from data_pipelines.synthetic import write_video
 from vllama_jax import cli
-from vllama_jax.evaluation.benchmarks import EvalItem, read_benchmark
+from vllama_jax.evaluation.datasets import EvalItem, read_benchmark
 from vllama_jax.evaluation.prompts import MC_STYLES, instruction
 from vllama_jax.evaluation.scoring import PARSE_RULES, contains_answer, exact_match, parse_option, summarize_oqa
 
@@ -95,7 +95,7 @@ def test_scores_of_known_answers(bench, tmp_path, monkeypatch):
                 on_result({"id": row["id"], "question": row["question"], "answer": SCRIPTED[row["id"]]})
 
     monkeypatch.setattr("vllama_jax.load", lambda *a, **k: None)
-    monkeypatch.setattr("vllama_jax.commands.answer.answer_rows", scripted)
+    monkeypatch.setattr("vllama_jax.answering.answer_rows", scripted)
     assert run_eval(bench, tmp_path) == 0
     preds = read_predictions(tmp_path)
     # A, the option named "blue", nothing, D; against the answers A, B, B, B: two right of five rows.
@@ -141,7 +141,7 @@ def test_rerun_resumes_without_generating(bench, batched_run, monkeypatch):
         raise AssertionError("a resumed run with every id answered must not load the model or generate")
 
     monkeypatch.setattr("vllama_jax.load", no_model)
-    monkeypatch.setattr("vllama_jax.commands.answer.answer_rows", no_model)
+    monkeypatch.setattr("vllama_jax.answering.answer_rows", no_model)
     assert run_eval(bench, batched_run, "--batch-size", "3") == 0
     after = read_results(batched_run)
     assert after[TIMING]["generated_this_run"] == 0

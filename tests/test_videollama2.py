@@ -13,7 +13,7 @@ import pytest
 
 import vllama_jax
 from vllama_jax.checkpoints.keymap import CheckpointError
-from vllama_jax.commands.dump import fixture_samples
+from vllama_jax.dump import fixture_samples
 from vllama_jax.config import ConfigError, VIDEO_TOKEN_INDEX
 from vllama_jax.generate import ContextLengthError
 from vllama_jax.inference import media_batch
@@ -71,9 +71,9 @@ def test_fixture_through_dump_command(fixture, tmp_path):
 
 def test_fixture_through_python_api(fixture, models):
     d, inputs, exp = fixture
-    from vllama_jax.commands.dump import _dump_videollama2
+    from vllama_jax.dump import dump_videollama2
     with jax.default_matmul_precision("highest"):
-        got = _dump_videollama2(models[d.name], inputs, greedy=8)
+        got = dump_videollama2(models[d.name], inputs, greedy=8)
     _compare(got, exp)
 
 

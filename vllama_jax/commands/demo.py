@@ -69,7 +69,7 @@ def main(args) -> int:
 
     import vllama_jax
     from data_pipelines.synthetic import make_dataset
-    from vllama_jax.commands.answer import answer_rows
+    from vllama_jax.answering import answer_rows
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = os.path.abspath(args.out)

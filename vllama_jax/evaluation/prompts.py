@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vllama_jax.evaluation.benchmarks import LETTERS, EvalItem
+from vllama_jax.evaluation.datasets import LETTERS, EvalItem
 
 _ANSWER_WITH_LETTER = "Answer with the option's letter from the given choices directly and only give the best option."
 _SELECT_BEST = "Select the best answer to the following multiple-choice question based on the video."

@@ -30,7 +30,7 @@ import re
 import string
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from vllama_jax.evaluation.benchmarks import LETTERS
+from vllama_jax.evaluation.datasets import LETTERS
 
 ORIGINAL_FALLBACK_OPTION = 2  # every original script's guess when it cannot parse an answer: option C
 

@@ -125,7 +125,7 @@ class VideoLLaMA2Model:
     @classmethod
     def from_pretrained(cls, path: str, dtype=jnp.float32, num_frames: Optional[int] = None,
                         aspect_ratio: Optional[str] = None, compilation_cache: bool = True,
-                        max_context: Optional[int] = None, base: Optional[str] = None):
+                        max_context: Optional[int] = None, base: Optional[str] = None, quantize: Optional[str] = None):
         from vllama_jax.loading import has_tokenizer, load_videollama2_config, videollama2_params, videollama2_state_dict
 
         if compilation_cache:
@@ -134,6 +134,9 @@ class VideoLLaMA2Model:
         state_dict, tokenizer_folder = videollama2_state_dict(path, base)  # `base`: of a LoRA folder
         params = videollama2_params(cfg, state_dict, path, vision_folder)
         params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
+        if quantize is not None:  # int8 weight-only decoder (quantize.py)
+            from vllama_jax.quantize import quantize_params
+            params = quantize_params(params, quantize)
         if num_frames is not None and num_frames != cfg.num_frames:
             log.warning("num_frames %d differs from the %d the checkpoint was trained with: the connector gives "
                         "%d tokens per video instead of %d", num_frames, cfg.num_frames,
@@ -199,7 +202,7 @@ class VideoLLaMA2Model:
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
         return generate_from_embeds(
             decode_fn, params, prep["inputs_embeds"], prep["attention_mask"],
-            init_cache=lambda b, n: init_cache(cfg, b, n, self.dtype), max_new_tokens=max_new_tokens,
+            init_cache=lambda b, n: init_cache(cfg, b, n, self.dtype, per_layer=True), max_new_tokens=max_new_tokens,
             eos_ids=eos, pad_id=pad, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
             stream=self._stream_dispatch if stream else None)
 

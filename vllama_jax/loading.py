@@ -234,9 +234,9 @@ def load_videollama2_config(path: str):
 
 # --- dispatch ----------------------------------------------------------------------------------------------
 
-def load(path: str, dtype=jnp.float32, **kwargs):
+def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, **kwargs):
     """See the module docstring. `dtype`: the compute and param dtype (float32 for parity; bfloat16 on
-    accelerators)."""
+    accelerators). `quantize="int8"`: int8 weight-only decoder kernels (quantize.py)."""
     if os.path.isfile(path) and path.endswith(".pt"):
         from vllama_jax.models.beats import BEATs, load_beats
         cfg, params = load_beats(path)
@@ -245,12 +245,15 @@ def load(path: str, dtype=jnp.float32, **kwargs):
     model_type = raw.get("model_type", "")
     if model_type in C.VIDEOLLAMA2_MODEL_TYPES:
         from vllama_jax.inference import VideoLLaMA2Model
-        return VideoLLaMA2Model.from_pretrained(path, dtype=dtype, **kwargs)
+        return VideoLLaMA2Model.from_pretrained(path, dtype=dtype, quantize=quantize, **kwargs)
     if model_type in C.DECODER_FAMILIES:
         cfg = C.DecoderConfig.from_hf_config(raw)
         module = decoder_module(cfg, dtype)
-        params = decoder_params(cfg, read_state_dict(path), path, module)
-        return Part("decoder", cfg, module, _as_jax(params, dtype), path)
+        params = _as_jax(decoder_params(cfg, read_state_dict(path), path, module), dtype)
+        if quantize is not None:
+            from vllama_jax.quantize import quantize_params
+            params = quantize_params(params, quantize, part="decoder")
+        return Part("decoder", cfg, module, params, path)
     if model_type in ("clip_vision_model", "siglip_vision_model", "clip", "siglip"):
         from vllama_jax.models.vision_tower import load_vision_tower
         cfg, params = load_vision_tower(path)

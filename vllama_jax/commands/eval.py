@@ -54,6 +54,8 @@ def add_arguments(p):
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--num-frames", type=int, help="frames per video (default: the checkpoint's)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--quantize", choices=("int8",), help="int8 weight-only decoder (per-channel scales): faster "
+                   "memory-bound decoding on the CPU, logits within ~1%% of float32")
     p.add_argument("--max-context", type=int, help="longest prompt + answer in tokens (default: the decoder's "
                                                    "max_position_embeddings); with --av the sound alone can take ~1500")
     p.add_argument("--av", action="store_true", help="give an audio-visual model each video's sound track too")
@@ -132,6 +134,8 @@ def setup_block(args, items, instructions, tokenizer, cfg):
         "prompt_template": prompts.template(args.benchmark, args.style),
         "answer_parser": dataclasses.asdict(scoring.PARSE_RULES[args.style]) if mcqa else None,
         "example_prompt": example,
+        # Only when set, so folders of float32 runs made before the option existed still resume.
+        **({"quantize": args.quantize} if getattr(args, "quantize", None) else {}),
     })
 
 
@@ -210,7 +214,7 @@ def main(args) -> int:
         return 2
     if todo:
         model = vllama_jax.load(args.model, dtype=getattr(jnp, args.dtype), num_frames=args.num_frames,
-                                max_context=args.max_context)
+                                max_context=args.max_context, quantize=args.quantize)
         # Scoped, not global: the setting is part of what is compiled, and callers in the same process
         # (tests, notebooks) keep theirs.
         with jax.default_matmul_precision(matmul_precision(args.dtype)):

@@ -96,19 +96,20 @@ void AccumulateRows(const float* __restrict x, int64_t K, const W* __restrict w,
 template <typename W>
 void AccumulateBlock(const float* x, int64_t M, int64_t K, const W* w, int64_t N, int64_t k0, int64_t k1,
                      float* acc) {
-  // Batch rows in groups of up to 8 (the decode batch sizes): unrolled, so n stays the vector loop.
-  for (int64_t m0 = 0; m0 < M; m0 += 8) {
-    const float* xm = x + m0 * K;
-    float* am = acc + m0 * N;
-    switch (std::min<int64_t>(8, M - m0)) {
-      case 1: AccumulateRows<1>(xm, K, w, N, k0, k1, am); break;
-      case 2: AccumulateRows<2>(xm, K, w, N, k0, k1, am); break;
-      case 3: AccumulateRows<3>(xm, K, w, N, k0, k1, am); break;
-      case 4: AccumulateRows<4>(xm, K, w, N, k0, k1, am); break;
-      case 5: AccumulateRows<5>(xm, K, w, N, k0, k1, am); break;
-      case 6: AccumulateRows<6>(xm, K, w, N, k0, k1, am); break;
-      case 7: AccumulateRows<7>(xm, K, w, N, k0, k1, am); break;
-      default: AccumulateRows<8>(xm, K, w, N, k0, k1, am); break;
+  // Batch rows in groups of up to 4 (more accumulators spill registers), over row sub-blocks of ~256 KiB of
+  // weights, so that a group after the first reads the sub-block from L2 rather than from memory again.
+  const int64_t sub = std::max<int64_t>(4, ((256 << 10) / (N * static_cast<int64_t>(sizeof(W)))) / 4 * 4);
+  for (int64_t s0 = k0; s0 < k1; s0 += sub) {
+    const int64_t s1 = std::min(k1, s0 + sub);
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const float* xm = x + m0 * K;
+      float* am = acc + m0 * N;
+      switch (std::min<int64_t>(4, M - m0)) {
+        case 1: AccumulateRows<1>(xm, K, w, N, s0, s1, am); break;
+        case 2: AccumulateRows<2>(xm, K, w, N, s0, s1, am); break;
+        case 3: AccumulateRows<3>(xm, K, w, N, s0, s1, am); break;
+        default: AccumulateRows<4>(xm, K, w, N, s0, s1, am); break;
+      }
     }
   }
 }

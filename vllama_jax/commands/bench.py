@@ -1,8 +1,9 @@
 """`vllama-jax bench --out DIR [--quick]`: speed and agreement side by side with the PyTorch reference.
 
-Runs benchmarks/run_bench.py of this checkout (decoder prefill, greedy generation, CLIP tower; ours vs
-transformers on the same weights and inputs) and writes DIR/bench.json and DIR/bench.png. PyTorch and
-transformers are the test extras: without them the command says how to install them.
+Runs benchmarks/run_bench.py of this checkout (decoder prefill, greedy generation, CLIP tower, decode at
+real sizes with float32 and int8 weights; ours vs transformers on the same weights and inputs) and writes
+DIR/bench.json and DIR/bench.png. PyTorch and transformers are the test extras: without them the command
+says how to install them.
 """
 import importlib
 import os
@@ -10,7 +11,7 @@ import sys
 
 HELP = "time JAX vs the PyTorch reference on the same checkpoint and inputs (bench.json, bench.png)"
 
-KINDS = ("prefill", "generate", "vision")
+KINDS = ("prefill", "generate", "vision", "decode")
 
 
 def add_arguments(p):
@@ -19,6 +20,7 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, help="untimed runs before timing (default 1)")
     p.add_argument("--repeats", type=int, help="timed runs, the median is reported (default 5, 3 with --quick)")
     p.add_argument("--only", nargs="+", choices=KINDS, help="run only these kinds of case")
+    p.add_argument("--decode-sizes", nargs="+", help="decode case: only these decoder sizes (4x256, 374M, 1B)")
 
 
 def _run_bench_module():
@@ -49,5 +51,6 @@ def main(args) -> int:
               "install the test extras (`pip install -e '.[test]'` or `bash scripts/setup_env.sh --test`)",
               file=sys.stderr)
         return 2
-    _run_bench_module().run(args.out, quick=args.quick, warmup=args.warmup, repeats=args.repeats, only=args.only)
+    _run_bench_module().run(args.out, quick=args.quick, warmup=args.warmup, repeats=args.repeats, only=args.only,
+                            decode_sizes=args.decode_sizes)
     return 0

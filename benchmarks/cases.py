@@ -36,7 +36,7 @@ import transformers
 import vllama_jax
 from vllama_jax.config import DecoderConfig, VisionConfig
 from vllama_jax.generate import generate_from_embeds
-from vllama_jax.models.decoder import Decoder, init_cache
+from vllama_jax.models.decoder import Decoder, init_cache, unrolled_decode
 
 from benchmarks.timing import Timing, compile_jax, copy_bandwidth, round_robin, side_by_side
 
@@ -230,7 +230,8 @@ def our_generate(part, max_new_tokens: int) -> Callable:
     def run(params, ids, mask):
         embeds = module.apply({"params": params}, ids, method=Decoder.embed)
         return generate_from_embeds(decode_fn, params, embeds, mask.astype(bool),
-                                    init_cache=lambda b, n: init_cache(cfg, b, n, module.dtype, per_layer=True),
+                                    init_cache=lambda b, n: init_cache(cfg, b, n, module.dtype,
+                                                                      per_layer=unrolled_decode(module.dtype)),
                                     max_new_tokens=max_new_tokens, eos_ids=(), pad_id=0)
 
     return run

@@ -217,6 +217,15 @@ def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=jnp.float3
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
+def unrolled_decode(dtype=jnp.float32) -> bool:
+    """Whether generation should take the unrolled path (`init_cache(..., per_layer=True)`): where the CPU
+    decode kernel reads the stacked weights in place. Elsewhere (accelerators, bfloat16, no C++ compiler) each
+    layer's weights would be sliced out of the stack, and XLA hoists those slices out of the decode loop: a
+    second copy of the weights in memory. The scanned path is kept there."""
+    from vllama_jax import kernels
+    return jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and kernels.available()
+
+
 def layer_view(stacked_layers, index: int):
     """Layer `index` of the stacked layer params: Dense kernels as `LayerRef`s (read in place by the decode
     kernel), everything else (norm scales, biases, Mixtral's router and experts) sliced."""

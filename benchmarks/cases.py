@@ -118,7 +118,7 @@ QUICK = Sizes(
     decoders=tuple(bench_decoder(f, 512, 64, 2, 4, 2) for f in ("mistral", "qwen2")),
     generate_families=("qwen2",),
     prefill_shapes=((1, 16),), generate_batches=(1,), prompt_len=16, new_tokens=4,
-    vision=bench_clip(56, 32, 2, 4), frames=8, decode=decode_sizes(True), decode_batches=(1, 2), decode_prompt_len=8,
+    vision=bench_clip(56, 32, 2, 4), frames=8, decode=decode_sizes(True), decode_batches=(1,), decode_prompt_len=8,
     decode_new_tokens=4)
 
 

@@ -11,7 +11,8 @@ setup(
     name="vllama-jax",
     version="0.1.0",
     description="VideoLLaMA 2 (audio-visual video LLM) in JAX/Flax: exact parity, jitted inference, sharded training",
-    packages=find_packages(include=["vllama_jax", "vllama_jax.*", "data_pipelines", "data_pipelines.*"]),
+    packages=find_packages(include=["vllama_jax", "vllama_jax.*", "data_pipelines", "data_pipelines.*", "benchmarks"]),
+    package_data={"vllama_jax.kernels": ["*.cc"]},  # the CPU decode kernel's source, compiled on first use
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": _requirements("requirements-test.txt"), "plan": _requirements("requirements-libtpu.txt")},

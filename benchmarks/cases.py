@@ -7,6 +7,9 @@ checkpoint and the SAME inputs, in one process.
               ids (B, L) -> (B, N) new ids
     vision    HF CLIPVisionModel forward                     vs  our CLIP tower
               pixels (T, 3, H, W) -> last_hidden_state (T, 1 + P, C)
+    decode    HF generate(), greedy                          vs  our generate, float32 and int8 weights
+              at real sizes (374M, 1B): tokens/s, and the fraction of the machine's memory bandwidth used
+              (weight bytes read per step x steps/s over the copy bandwidth measured in the same run)
 
 Each reference gets random weights, is written with `save_pretrained`, and ours is read from that folder
 by `vllama_jax.load`, so the released key names and our loader are part of what runs. The weights are
@@ -33,9 +36,9 @@ import transformers
 import vllama_jax
 from vllama_jax.config import DecoderConfig, VisionConfig
 from vllama_jax.generate import generate_from_embeds
-from vllama_jax.models.decoder import Decoder, init_cache
+from vllama_jax.models.decoder import Decoder, init_cache, unrolled_decode
 
-from benchmarks.timing import Timing, compile_jax, side_by_side
+from benchmarks.timing import Timing, compile_jax, copy_bandwidth, round_robin, side_by_side
 
 
 @contextlib.contextmanager
@@ -69,6 +72,24 @@ def bench_clip(image: int, hidden: int, layers: int, heads: int) -> VisionConfig
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeSize:
+    """One decoder of the decode case: a name for the table and its config."""
+
+    name: str
+    config: DecoderConfig
+
+
+def decode_sizes(quick: bool) -> Tuple[DecodeSize, ...]:
+    """Qwen2-shaped decoders (vocab 32000, MLP 3x hidden, 16 heads / 4 KV heads): the issue's 4 x 256 and
+    24 x 1024 (355M params, 1.29 GB of float32 weights read per step) and 18 x 2048 (1.0B, 3.7 GB)."""
+    def qwen2(hidden, layers, vocab=32000, heads=16, kv=4):
+        return dataclasses.replace(bench_decoder("qwen2", vocab, hidden, layers, heads, kv))
+    if quick:
+        return (DecodeSize("tiny", qwen2(64, 2, vocab=512, heads=4, kv=2)),)
+    return (DecodeSize("4x256", qwen2(256, 4)), DecodeSize("374M", qwen2(1024, 24)), DecodeSize("1B", qwen2(2048, 18)))
+
+
+@dataclasses.dataclass(frozen=True)
 class Sizes:
     decoders: Tuple[DecoderConfig, ...]
     generate_families: Tuple[str, ...]  # which of `decoders` also run the generation case
@@ -78,6 +99,10 @@ class Sizes:
     new_tokens: int
     vision: VisionConfig
     frames: int
+    decode: Tuple[DecodeSize, ...] = ()
+    decode_batches: Tuple[int, ...] = (1, 8)
+    decode_prompt_len: int = 16
+    decode_new_tokens: int = 32
 
 
 # Small but not tiny: every shape runs in about a second or less on a 2-core CPU.
@@ -86,14 +111,15 @@ FULL = Sizes(
     generate_families=("mistral", "qwen2"),
     prefill_shapes=((1, 128), (1, 512), (4, 128), (4, 512)),
     generate_batches=(1, 4), prompt_len=128, new_tokens=32,
-    vision=bench_clip(224, 384, 4, 6), frames=8)
+    vision=bench_clip(224, 384, 4, 6), frames=8, decode=decode_sizes(False))
 # The smallest sizes that still take every code path: for the test suite. Generation is the slowest
 # program to compile (the decoder twice, prefill and loop body), so it runs for one family only.
 QUICK = Sizes(
     decoders=tuple(bench_decoder(f, 512, 64, 2, 4, 2) for f in ("mistral", "qwen2")),
     generate_families=("qwen2",),
     prefill_shapes=((1, 16),), generate_batches=(1,), prompt_len=16, new_tokens=4,
-    vision=bench_clip(56, 32, 2, 4), frames=8)
+    vision=bench_clip(56, 32, 2, 4), frames=8, decode=decode_sizes(True), decode_batches=(1,), decode_prompt_len=8,
+    decode_new_tokens=4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +184,13 @@ def decoder_pair(cfg: DecoderConfig, folder: str, runner: Runner):
     return hf.to(runner.torch_device), vllama_jax.load(folder)
 
 
+def int8_part(part):
+    """The same loaded decoder with int8 weights: what `vllama_jax.load(folder, quantize="int8")` returns,
+    quantized from the float32 params already in memory (a second load would hold a third copy of a 1B model)."""
+    from vllama_jax.quantize import quantize_params
+    return dataclasses.replace(part, params=quantize_params(part.params, "int8", part="decoder"))
+
+
 def vision_pair(cfg: VisionConfig, folder: str, runner: Runner):
     hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
     hf = transformers.AutoModel.from_config(hf_cfg, attn_implementation="sdpa").eval()
@@ -197,7 +230,8 @@ def our_generate(part, max_new_tokens: int) -> Callable:
     def run(params, ids, mask):
         embeds = module.apply({"params": params}, ids, method=Decoder.embed)
         return generate_from_embeds(decode_fn, params, embeds, mask.astype(bool),
-                                    init_cache=lambda b, n: init_cache(cfg, b, n, module.dtype),
+                                    init_cache=lambda b, n: init_cache(cfg, b, n, module.dtype,
+                                                                      per_layer=unrolled_decode(module.dtype)),
                                     max_new_tokens=max_new_tokens, eos_ids=(), pad_id=0)
 
     return run
@@ -242,3 +276,61 @@ def vision(hf, ours, frames: int, runner: Runner) -> dict:
                 {"family": c.family, "batch": frames, "seq": c.num_positions}, ours_t, ref_t,
                 {"of": "last_hidden_state", **_max_abs_diff(out, ref.float().cpu().numpy())},
                 torch_attention=hf.config._attn_implementation)
+
+
+def decode_weight_bytes(part) -> int:
+    """Bytes of weights one decode step reads: every param but the embedding table, of which one row per
+    token is read (int8 kernels and their scales as stored)."""
+    table = part.params["embed_tokens"]["embedding"]
+    total = sum(x.nbytes for x in jax.tree_util.tree_leaves(part.params))
+    if part.config.tie_word_embeddings:  # the table is the LM head too: read whole
+        return total
+    return total - table.nbytes + table.nbytes // table.shape[0]
+
+
+def decode(hf, ours, ours_int8, size: str, batch: int, prompt_len: int, new_tokens: int, runner: Runner) -> dict:
+    """Greedy decode of `new_tokens` after a short prompt, ours in float32 and with int8 weights against
+    transformers' generate(), timed round robin; with the memory bandwidth of the machine measured just
+    before and the fraction of it each side's weight reads use."""
+    ids = np.random.default_rng(4).integers(3, ours.config.vocab_size, (batch, prompt_len)).astype(np.int32)
+    mask = np.ones((batch, prompt_len), np.int32)
+    ids_t, mask_t = runner.tensor(ids.astype(np.int64)), runner.tensor(mask.astype(np.int64))
+    f32, compile_s = compile_jax(our_generate(ours, new_tokens), ours.params, jnp.asarray(ids), jnp.asarray(mask))
+    q8, compile_q = compile_jax(our_generate(ours_int8, new_tokens), ours_int8.params, jnp.asarray(ids),
+                                jnp.asarray(mask))
+    args = (jnp.asarray(ids), jnp.asarray(mask))
+
+    def hf_generate():
+        return hf.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=new_tokens, do_sample=False,
+                           num_beams=1, use_cache=True, pad_token_id=0)
+
+    bandwidth = copy_bandwidth()
+    timed = round_robin({"jax": lambda: f32(ours.params, *args), "torch": hf_generate,
+                         "jax_int8": lambda: q8(ours_int8.params, *args)},
+                        warmup=runner.warmup, repeats=runner.repeats, sync=runner.sync)
+    bandwidth = max(bandwidth, copy_bandwidth())  # before and after: the better one is the machine's
+    (ours_t, tokens), (ref_t, ref), (int8_t, tokens8) = timed["jax"], timed["torch"], timed["jax_int8"]
+    ours_t.compile_s, int8_t.compile_s = compile_s, compile_q
+    ref = ref[:, prompt_len:].cpu().numpy()
+    tokens, tokens8 = np.asarray(tokens), np.asarray(tokens8)
+    same = tokens == ref if tokens.shape == ref.shape else np.zeros(ref.shape, bool)
+    steps = new_tokens  # one pass over the weights per step, whatever the batch
+    f32_bytes, int8_bytes = decode_weight_bytes(ours), decode_weight_bytes(ours_int8)
+    tok_s = lambda t: batch * new_tokens / t.min_s
+    frac = lambda nbytes, t: nbytes * steps / t.min_s / bandwidth
+    cfg = ours.config
+    return _row(f"decode {size} b{batch} +{new_tokens}", "decode",
+                {"family": cfg.family, "size": size, "batch": batch, "seq": prompt_len, "new_tokens": new_tokens,
+                 "params": int(sum(p.numel() for p in hf.parameters()))},
+                ours_t, ref_t,
+                {"of": "greedy tokens", "tokens_equal": bool(same.all()), "match_fraction": float(same.mean()),
+                 "int8_match_fraction_vs_float32": float((tokens8 == tokens).mean())},
+                jax_int8=int8_t.to_json(),
+                # Rates from each side's fastest run (the figure least disturbed by other processes).
+                jax_tokens_per_s=tok_s(ours_t), torch_tokens_per_s=tok_s(ref_t), int8_tokens_per_s=tok_s(int8_t),
+                speedup_vs_torch=ref_t.min_s / ours_t.min_s, int8_speedup_vs_float32=ours_t.min_s / int8_t.min_s,
+                int8_speedup_vs_torch=ref_t.min_s / int8_t.min_s,
+                weight_bytes_per_step={"float32": f32_bytes, "int8": int8_bytes},
+                copy_bandwidth_bytes_per_s=bandwidth,
+                bandwidth_fraction={"jax": frac(f32_bytes, ours_t), "torch": frac(f32_bytes, ref_t),
+                                    "jax_int8": frac(int8_bytes, int8_t)})

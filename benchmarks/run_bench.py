@@ -1,11 +1,12 @@
 """The side-by-side bench behind `vllama-jax bench --out DIR [--quick]`: our JAX models against the
 PyTorch reference (transformers), same checkpoint, same inputs, same process, same machine.
 
-    run(out_dir, quick=False, warmup=None, repeats=None, only=None) -> report dict
+    run(out_dir, quick=False, warmup=None, repeats=None, only=None, decode_sizes=None) -> report dict
         writes out_dir/bench.json and out_dir/bench.png (see report.py) and prints a table.
 
 Cases (cases.py): decoder prefill (Mistral and Qwen2 at batch 1 and 4 x 128 and 512 tokens), greedy
-generation (32 new tokens after a 128-token prompt), and the CLIP vision tower on 8 frames.
+generation (32 new tokens after a 128-token prompt), the CLIP vision tower on 8 frames, and decode at real
+sizes (4 x 256, 374M, 1B Qwen2 decoders; batch 1 and 8; float32 and int8 weights; memory-bandwidth fraction).
 `quick` uses the smallest sizes (for the test suite, a few seconds per case).
 
 Also runnable as a script from a checkout: `python benchmarks/run_bench.py --out DIR [--quick]`.
@@ -19,10 +20,7 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-if __name__ == "__main__":  # as a script: make the checkout's packages importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-KINDS = ("prefill", "generate", "vision")
+KINDS = ("prefill", "generate", "vision", "decode")
 
 
 def _torch_device() -> str:
@@ -36,13 +34,19 @@ def _torch_device() -> str:
 
 
 def run(out_dir: str, quick: bool = False, warmup: Optional[int] = None, repeats: Optional[int] = None,
-        only: Optional[Sequence[str]] = None, log=print) -> dict:
+        only: Optional[Sequence[str]] = None, log=print, decode_sizes: Optional[Sequence[str]] = None) -> dict:
     import jax
 
     from benchmarks import cases, report
     from benchmarks.timing import environment
 
     sizes = cases.QUICK if quick else cases.FULL
+    if decode_sizes:
+        known = [d.name for d in sizes.decode]
+        unknown = set(decode_sizes) - set(known)
+        if unknown:
+            raise ValueError(f"unknown decode sizes {sorted(unknown)}: expected some of {', '.join(known)}")
+        sizes = dataclasses.replace(sizes, decode=tuple(d for d in sizes.decode if d.name in decode_sizes))
     kinds = tuple(only or KINDS)
     for k in kinds:
         if k not in KINDS:
@@ -79,6 +83,18 @@ def run(out_dir: str, quick: bool = False, warmup: Optional[int] = None, repeats
                     for batch in sizes.generate_batches:
                         record(cases.generate(hf, ours, batch, sizes.prompt_len, sizes.new_tokens, runner))
                 del hf, ours
+        if "decode" in kinds:
+            import gc
+            for size in sizes.decode:
+                cfg = size.config
+                log(f"decode {size.name}: hidden {cfg.hidden_size}, {cfg.num_layers} layers, vocab {cfg.vocab_size}")
+                hf, ours = cases.decoder_pair(cfg, os.path.join(tmp, "decode_" + size.name), runner)
+                ours_int8 = cases.int8_part(ours)
+                for batch in sizes.decode_batches:
+                    record(cases.decode(hf, ours, ours_int8, size.name, batch, sizes.decode_prompt_len,
+                                        sizes.decode_new_tokens, runner))
+                del hf, ours, ours_int8
+                gc.collect()
         if "vision" in kinds:
             v = sizes.vision
             log(f"clip: {v.image_size}px, hidden {v.hidden_size}, {v.num_layers} layers")
@@ -105,6 +121,7 @@ def _sizes_json(sizes) -> dict:
     d = dataclasses.asdict(sizes)
     d["decoders"] = [c.to_hf_config() for c in sizes.decoders]
     d["vision"] = sizes.vision.to_hf_config()
+    d["decode"] = [{"name": x.name, **x.config.to_hf_config()} for x in sizes.decode]
     return d
 
 

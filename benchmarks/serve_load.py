@@ -31,8 +31,6 @@ import time
 from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
 
 DEFAULT_MODEL = os.path.join(ROOT, "tests", "data", "fixtures", "av_qwen2_clip_stc")
 MEDIA = os.path.join(ROOT, "tests", "data", "media")

@@ -2,6 +2,8 @@
 
     compile_jax(fn, *args)            -> (compiled fn, compile seconds)   tracing + XLA compilation, paid once
     side_by_side(ours, ref, ...)      -> (Timing, output) of each         warm-up, then alternating timed runs
+    round_robin({name: fn}, ...)      -> {name: (Timing, output)}         the same for any number of sides
+    copy_bandwidth()                  -> bytes/s                          the machine's memory copy rate
     environment(torch_device)         -> dict                             device_kind, versions, thread counts
 
 A run's time ends when its output is ready: `block_until_ready` for JAX (dispatch is asynchronous),
@@ -29,6 +31,10 @@ class Timing:
     @property
     def median_s(self) -> float:
         return statistics.median(self.runs_s)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.runs_s)
 
     def to_json(self) -> dict:
         d = {"median_s": self.median_s, "min_s": min(self.runs_s), "runs_s": self.runs_s}
@@ -71,6 +77,46 @@ def side_by_side(ours: Callable[[], Any], ref: Callable[[], Any], *, warmup: int
             t, ref_out = timed(ref, finish_ref)
             ref_runs.append(t)
     return Timing(ours_runs, compile_s), ours_out, Timing(ref_runs), ref_out
+
+
+def round_robin(fns: dict, *, warmup: int, repeats: int, sync: Callable[[], None] = lambda: None) -> dict:
+    """Several sides timed in turn, run by run (so a change of the machine's load hits all of them): JAX
+    sides (names not starting with "torch") end at `block_until_ready`, PyTorch sides at `sync()` and run
+    under `torch.inference_mode`. Returns {name: (Timing, output of the last run)}."""
+    import torch
+
+    def finish(name, out):
+        if name.startswith("torch"):
+            sync()
+            return out
+        return jax.block_until_ready(out)
+
+    runs = {name: [] for name in fns}
+    outs = {}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                outs[name] = finish(name, fn())
+                if i >= warmup:
+                    runs[name].append(time.perf_counter() - t0)
+    return {name: (Timing(runs[name]), outs[name]) for name in fns}
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 3) -> float:
+    """Memory bandwidth of a plain copy (numpy, one thread) of `nbytes` (larger than any cache): bytes read
+    plus bytes written per second, best of `repeats`. Decoding reads every weight once per step, so weight
+    bytes x steps/s over this figure is the fraction of the machine's bandwidth a decoder uses."""
+    import numpy as np
+
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
 
 
 def _cpu_model() -> str:

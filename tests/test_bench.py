@@ -36,7 +36,7 @@ def test_environment_is_recorded(bench):
 def test_every_kind_of_case_ran(bench):
     results = bench[1]["results"]
     kinds = {r["kind"] for r in results}
-    assert kinds == {"prefill", "generate", "vision"}
+    assert kinds == {"prefill", "generate", "vision", "decode"}
     assert {r["family"] for r in results if r["kind"] == "prefill"} == {"mistral", "qwen2"}
 
 
@@ -47,17 +47,36 @@ def test_times_and_ratios(bench):
         assert len(r["jax"]["runs_s"]) == len(r["torch"]["runs_s"]) == bench[1]["settings"]["repeats"]
         assert all(t > 0 for t in r["jax"]["runs_s"] + r["torch"]["runs_s"]), r["name"]
         assert r["ratio"] == pytest.approx(r["jax"]["median_s"] / r["torch"]["median_s"])
-    assert set(bench[1]["summary"]["geomean_ratio"]) == {"prefill", "generate", "vision", "all"}
+    assert set(bench[1]["summary"]["geomean_ratio"]) == {"prefill", "generate", "vision", "decode", "all"}
 
 
 def test_outputs_agree_with_pytorch(bench):
     for r in bench[1]["results"]:
         a = r["agreement"]
-        if r["kind"] == "generate":
+        if r["kind"] in ("generate", "decode"):
             assert a["tokens_equal"] and a["match_fraction"] == 1.0, r["name"]
         else:
             assert a["max_abs_diff"] < TOL, (r["name"], a)
             assert a["ref_max_abs"] > 0.1, (r["name"], a)  # outputs of a real scale, not all near zero
+
+
+def test_decode_rows_report_rates_and_bandwidth(bench):
+    rows = [r for r in bench[1]["results"] if r["kind"] == "decode"]
+    assert {r["batch"] for r in rows} == set(bench[1]["settings"]["sizes"]["decode_batches"])
+    for r in rows:
+        assert len(r["jax_int8"]["runs_s"]) == bench[1]["settings"]["repeats"], r["name"]
+        for key in ("jax_tokens_per_s", "torch_tokens_per_s", "int8_tokens_per_s", "speedup_vs_torch",
+                    "int8_speedup_vs_float32", "copy_bandwidth_bytes_per_s"):
+            assert r[key] > 0, (r["name"], key)
+        assert r["jax_tokens_per_s"] == pytest.approx(r["batch"] * r["new_tokens"] / r["jax"]["min_s"])
+        # int8 kernels and their scales: a bit over a quarter of the float32 bytes (the embedding stays float).
+        b = r["weight_bytes_per_step"]
+        assert 0.25 * b["float32"] < b["int8"] < 0.6 * b["float32"], b
+        for side, frac in r["bandwidth_fraction"].items():
+            assert frac == pytest.approx(b["int8" if side == "jax_int8" else "float32"] * r["new_tokens"]
+                                         / r[side if side != "jax_int8" else "jax_int8"]["min_s"]
+                                         / r["copy_bandwidth_bytes_per_s"]), side
+        assert 0 <= r["agreement"]["int8_match_fraction_vs_float32"] <= 1
 
 
 def test_plot_written(bench):

@@ -23,7 +23,7 @@ import numpy as np
 
 from vllama_jax import config as C
 from vllama_jax.generate import check_context, generate_from_embeds
-from vllama_jax.models.decoder import init_cache
+from vllama_jax.models.decoder import init_cache, unrolled_decode
 from vllama_jax.models.sequence import media_tokens
 from vllama_jax.models.videollama2 import VideoLLaMA2
 
@@ -166,7 +166,8 @@ class VideoLLaMA2Model:
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
         return generate_from_embeds(
             decode_fn, params, prep["inputs_embeds"], prep["attention_mask"],
-            init_cache=lambda b, n: init_cache(cfg, b, n, self.dtype), max_new_tokens=max_new_tokens,
+            init_cache=lambda b, n: init_cache(cfg, b, n, self.dtype, per_layer=unrolled_decode(self.dtype)),
+            max_new_tokens=max_new_tokens,
             eos_ids=eos, pad_id=pad, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
             stream=self._stream_dispatch if stream else None)
 

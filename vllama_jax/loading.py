@@ -196,10 +196,11 @@ def read_videollama2(path: str, base: Optional[str] = None) -> Checkpoint:
 
 def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = None,
                      aspect_ratio: Optional[str] = None, compilation_cache: bool = True,
-                     max_context: Optional[int] = None, base: Optional[str] = None):
+                     max_context: Optional[int] = None, base: Optional[str] = None, quantize: Optional[str] = None):
     """A VideoLLaMA 2 folder -> `inference.VideoLLaMA2Model` (params on the device in `dtype`, tokenizer and
     processor when the folder has them). `num_frames` other than the checkpoint's changes the connector's
-    token count (a warning says so); `base`: the base model of a LoRA folder."""
+    token count (a warning says so); `base`: the base model of a LoRA folder; `quantize="int8"`: int8
+    weight-only decoder (quantize.py)."""
     from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
     from vllama_jax.models.sequence import video_tokens
 
@@ -221,7 +222,11 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
                                                   num_frames=cfg.num_frames, aspect_ratio=aspect_ratio)
         except Exception as e:  # the model still runs on pre-processed inputs
             log.warning("no image processor for %s (%s)", ckpt.vision_folder or cfg.vision_tower_name, e)
-    return VideoLLaMA2Model(cfg, _as_jax(ckpt.params, dtype), tokenizer, processor, dtype=dtype, path=path,
+    params = _as_jax(ckpt.params, dtype)
+    if quantize is not None:
+        from vllama_jax.quantize import quantize_params
+        params = quantize_params(params, quantize)
+    return VideoLLaMA2Model(cfg, params, tokenizer, processor, dtype=dtype, path=path,
                             max_context=max_context, unused=ckpt.unused, vision_folder=ckpt.vision_folder)
 
 
@@ -241,9 +246,9 @@ def load_tokenizer(folder: str):
 
 # --- dispatch ----------------------------------------------------------------------------------------------
 
-def load(path: str, dtype=jnp.float32, **kwargs):
+def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, **kwargs):
     """See the module docstring. `dtype`: the compute and param dtype (float32 for parity; bfloat16 on
-    accelerators)."""
+    accelerators). `quantize="int8"`: int8 weight-only decoder kernels (quantize.py)."""
     if os.path.isfile(path) and path.endswith(".pt"):
         from vllama_jax.models.beats import BEATs, load_beats
         cfg, params = load_beats(path)
@@ -251,12 +256,15 @@ def load(path: str, dtype=jnp.float32, **kwargs):
     raw = C.load_config(path)
     model_type = raw.get("model_type", "")
     if model_type in C.VIDEOLLAMA2_MODEL_TYPES:
-        return load_videollama2(path, dtype=dtype, **kwargs)
+        return load_videollama2(path, dtype=dtype, quantize=quantize, **kwargs)
     if model_type in C.DECODER_FAMILIES:
         cfg = C.DecoderConfig.from_hf_config(raw)
         module = decoder_module(cfg, dtype)
-        params = decoder_params(cfg, read_state_dict(path), path, module)
-        return Part("decoder", cfg, module, _as_jax(params, dtype), path)
+        params = _as_jax(decoder_params(cfg, read_state_dict(path), path, module), dtype)
+        if quantize is not None:
+            from vllama_jax.quantize import quantize_params
+            params = quantize_params(params, quantize, part="decoder")
+        return Part("decoder", cfg, module, params, path)
     if model_type in ("clip_vision_model", "siglip_vision_model", "clip", "siglip"):
         from vllama_jax.models.vision_tower import load_vision_tower
         cfg, params = load_vision_tower(path)

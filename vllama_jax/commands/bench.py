@@ -1,16 +1,16 @@
 """`vllama-jax bench --out DIR [--quick]`: speed and agreement side by side with the PyTorch reference.
 
-Runs benchmarks/run_bench.py of this checkout (decoder prefill, greedy generation, CLIP tower; ours vs
-transformers on the same weights and inputs) and writes DIR/bench.json and DIR/bench.png. PyTorch and
-transformers are the test extras: without them the command says how to install them.
+Runs benchmarks/run_bench.py of this checkout (decoder prefill, greedy generation, CLIP tower, decode at
+real sizes with float32 and int8 weights; ours vs transformers on the same weights and inputs) and writes
+DIR/bench.json and DIR/bench.png. PyTorch and transformers are the test extras: without them the command
+says how to install them.
 """
 import importlib
-import os
 import sys
 
 HELP = "time JAX vs the PyTorch reference on the same checkpoint and inputs (bench.json, bench.png)"
 
-KINDS = ("prefill", "generate", "vision")
+KINDS = ("prefill", "generate", "vision", "decode")
 
 
 def add_arguments(p):
@@ -25,16 +25,11 @@ def add_arguments(p):
     p.add_argument("--requests", type=int, default=4, help="--serve: requests per client")
     p.add_argument("--max-tokens", type=int, default=64, help="--serve: tokens per answer")
     p.add_argument("--decode-steps", type=int, default=1, help="--serve: the server's --decode-steps")
+    p.add_argument("--decode-sizes", nargs="+", help="decode case: only these decoder sizes (4x256, 374M, 1B)")
 
 
 def _run_bench_module(name="run_bench"):
-    """benchmarks/run_bench.py lives beside the package in a checkout, not inside an installed wheel."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not os.path.isfile(os.path.join(root, "benchmarks", "run_bench.py")):
-        raise SystemExit(f"vllama-jax bench: no benchmarks/run_bench.py under {root}; run it from a source "
-                         "checkout of vllama-jax")
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    """A module of the `benchmarks` package (installed beside vllama_jax by setup.py)."""
     return importlib.import_module(f"benchmarks.{name}")
 
 
@@ -59,5 +54,6 @@ def main(args) -> int:
               "install the test extras (`pip install -e '.[test]'` or `bash scripts/setup_env.sh --test`)",
               file=sys.stderr)
         return 2
-    _run_bench_module().run(args.out, quick=args.quick, warmup=args.warmup, repeats=args.repeats, only=args.only)
+    _run_bench_module().run(args.out, quick=args.quick, warmup=args.warmup, repeats=args.repeats, only=args.only,
+                            decode_sizes=args.decode_sizes)
     return 0

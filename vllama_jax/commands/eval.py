@@ -52,6 +52,8 @@ def add_arguments(p):
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--num-frames", type=int, help="frames per video (default: the checkpoint's)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--quantize", choices=("int8",), help="int8 weight-only decoder (per-channel scales): faster "
+                   "memory-bound decoding on the CPU, logits within ~1%% of float32")
     p.add_argument("--max-context", type=int, help="longest prompt + answer in tokens (default: the decoder's "
                                                    "max_position_embeddings); with --av the sound alone can take ~1500")
     p.add_argument("--av", action="store_true", help="give an audio-visual model each video's sound track too")
@@ -61,7 +63,7 @@ def main(args) -> int:
     from vllama_jax.evaluation.run import EvalSetup, run_eval
 
     logging.basicConfig(level=logging.INFO)
-    fields = {f.name for f in dataclasses.fields(EvalSetup)} - {"load_options"}
+    fields = {f.name for f in dataclasses.fields(EvalSetup)}
     results = run_eval(EvalSetup(**{k: v for k, v in vars(args).items() if k in fields}))
     if results is None:
         return 2

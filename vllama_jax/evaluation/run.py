@@ -51,7 +51,7 @@ class EvalSetup:
     dtype: str = "float32"
     max_context: Optional[int] = None
     av: bool = False
-    load_options: dict = dataclasses.field(default_factory=dict)  # more `vllama_jax.load` keywords (quantize)
+    quantize: Optional[str] = None  # "int8": int8 weight-only decoding
 
 
 def read_predictions(path):
@@ -120,6 +120,8 @@ def setup_block(setup: "EvalSetup", items, instructions, tokenizer, cfg):
         "prompt_template": prompts.template(setup.benchmark, setup.style),
         "answer_parser": dataclasses.asdict(scoring.PARSE_RULES[setup.style]) if mcqa else None,
         "example_prompt": example,
+        # Only when set, so folders of float32 runs made before the option existed still resume.
+        **({"quantize": setup.quantize} if setup.quantize else {}),
     })
 
 
@@ -192,7 +194,7 @@ def run_eval(setup: EvalSetup) -> dict:
         return None
     if todo:
         model = vllama_jax.load(setup.model, dtype=getattr(jnp, setup.dtype), num_frames=setup.num_frames,
-                                max_context=setup.max_context, **setup.load_options)
+                                max_context=setup.max_context, quantize=setup.quantize)
         # Scoped, not global: the setting is part of what is compiled, and callers in the same process
         # (tests, notebooks) keep theirs.
         with jax.default_matmul_precision(matmul_precision(setup.dtype)):

@@ -2,13 +2,82 @@
 
 The kernel is stored `(in, out)`, the transpose of PyTorch's `nn.Linear.weight (out, in)`; the
 checkpoint key maps do that transpose when loading.
+
+Besides a plain array, the `kernel` param may be
+    QArray     int8 values (in, out) + float32 scale (out,) (quantize.py): x @ values * scale
+    LayerRef   layer `index` of a stacked (layers, in, out) weight (plain or QArray), as the unrolled decode
+               path of models/decoder.py passes it, so the layer is read in place instead of sliced (copied).
+`matmul` picks how: the CPU decode kernel (kernels/) for a few rows (decode steps), else XLA's dot on the
+weight (dequantized / sliced when it has to be).
 """
 from typing import Any, Callable, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from vllama_jax.quantize import QArray
+
 default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+# Up to this many rows (batch x new tokens) a product is memory-bound: the decode kernel streams the weights
+# once. Above it (prefill, training) XLA's GEMM is the faster one.
+KERNEL_MAX_ROWS = 32
+
+
+class LayerRef:
+    """Layer `index` of the stacked weight `stacked` (layers, in, out): what the unrolled decode passes as a
+    `kernel`. Not a pytree: it lives only inside one traced function. `shape` is the one layer's shape (what
+    Flax checks a param against)."""
+
+    def __init__(self, stacked, index: int):
+        self.stacked, self.index = stacked, index
+
+    @classmethod
+    def whole(cls, weight):
+        """An unstacked (in, out) weight as a reference (index 0 of itself, seen as (1, in, out))."""
+        ref = cls(weight, 0)
+        ref.unstacked = True
+        return ref
+
+    unstacked = False
+
+    @property
+    def shape(self):
+        return self.stacked.shape if self.unstacked else self.stacked.shape[1:]
+
+    def materialize(self):
+        s = self.stacked
+        if self.unstacked:
+            return s
+        if isinstance(s, QArray):
+            return QArray(s.values[self.index], s.scale[self.index])
+        return s[self.index]
+
+
+def matmul(x, kernel, dtype):
+    """x (..., in) @ kernel (in, out) in `dtype`; `kernel` an array, a QArray or a LayerRef."""
+    from vllama_jax import kernels
+
+    rows = 1
+    for d in x.shape[:-1]:
+        rows *= d
+    if isinstance(kernel, (QArray, LayerRef)) and rows <= KERNEL_MAX_ROWS and dtype == jnp.float32 \
+            and kernels.usable(x.astype(dtype)):
+        stacked, index = (kernel.stacked, kernel.index) if isinstance(kernel, LayerRef) else (kernel, 0)
+        x2 = x.reshape(rows, x.shape[-1]).astype(jnp.float32)
+        if isinstance(stacked, QArray):
+            y = kernels.matvec(x2, stacked.values, index, stacked.scale)
+        else:
+            y = kernels.matvec(x2, stacked, index)
+        return y.reshape(x.shape[:-1] + (y.shape[-1],))
+    if isinstance(kernel, LayerRef):
+        kernel = kernel.materialize()
+    if isinstance(kernel, QArray):
+        # Dequantized product: (x @ values) * scale, the int8 -> float convert fused by XLA where it can.
+        y = jnp.einsum("...i,io->...o", x.astype(dtype), kernel.values.astype(dtype))
+        return y * kernel.scale.astype(dtype)
+    return jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
 
 
 class Dense(nn.Module):
@@ -23,7 +92,7 @@ class Dense(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
                             (x.shape[-1], self.features), self.param_dtype)
-        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+        y = matmul(x, kernel, self.dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
                               (self.features,), self.param_dtype)

@@ -24,6 +24,13 @@ KV cache (`init_cache`): {"k", "v"} of shape (layers, B, S, KVH, hd); each scann
 writes its own slice. The L new tokens go to slots [cache_index, cache_index + L) and `attention_mask`
 (B, S) marks which slots hold real tokens, so left-padded prompts and one-token decode steps share one
 compiled shape (see layers/attention.py). cache_index is a scalar, or (B,) a write slot per row.
+
+Decoding (`init_cache(..., per_layer=True)`: a list of `layers` caches {"k", "v"} (B, S, KVH, hd)) runs the
+layers unrolled over the same param tree: under `nn.scan` XLA slices (copies) every layer's weights out of
+the stack at every step, and a decode step is a pass over the weights, so that copy would double its
+memory traffic. Unrolled, each Dense gets a `LayerRef` (the stacked kernel and a static layer index) that
+the CPU decode kernel reads in place, and each layer's cache is updated in place in the loop carry.
+Training and full forwards keep the scan (one layer compiled, remat per layer).
 """
 from typing import Any
 
@@ -35,10 +42,11 @@ import jax.numpy as jnp
 from vllama_jax.checkpoints.keymap import KeyMap
 from vllama_jax.config import DecoderConfig
 from vllama_jax.layers.attention import Attention
-from vllama_jax.layers.linear import Dense, default_kernel_init
+from vllama_jax.layers.linear import Dense, LayerRef, default_kernel_init
 from vllama_jax.layers.mlp import GatedMLP
 from vllama_jax.layers.moe import SparseMoE, load_balancing_loss
 from vllama_jax.layers.norms import RMSNorm
+from vllama_jax.quantize import QArray
 
 # Logical names of an activation at a block boundary, mapped to the mesh by sharding.LOGICAL_AXIS_RULES.
 ACTIVATION_AXES = ("batch", "length", "act_embed")
@@ -139,6 +147,16 @@ class Decoder(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), False, self.dtype, self.param_dtype)
 
+    def _unrolled_layers(self, x, caches, positions, mask, cache_index):
+        """The decode path: each layer applied on its `layer_view` of the stacked params and its own cache."""
+        stacked = nn.unbox(self.variables["params"]["layers"])
+        layer = DecoderLayer(self.config, self.dtype, self.param_dtype, self.moe_dispatch, parent=None)
+        new_caches = []
+        for i, cache in enumerate(caches):
+            x, c = layer.apply({"params": layer_view(stacked, i)}, x, cache, positions, mask, cache_index)
+            new_caches.append(c)
+        return x, new_caches
+
     def embed(self, input_ids):
         """(B, L) int -> (B, L, D) token embeddings."""
         # Gather the table's fsdp shards before the lookup, so XLA does the vocab-parallel lookup (local
@@ -154,14 +172,17 @@ class Decoder(nn.Module):
             raise ValueError("Decoder: pass exactly one of input_ids (B, L) or inputs_embeds (B, L, D)")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
         b, l = x.shape[:2]
+        per_layer = isinstance(cache, (list, tuple))
         if cache is not None:
             if cache_index is None:
                 raise ValueError("Decoder: a cache needs cache_index, the slot of the first new token")
-            if cache["k"].shape[:2] != (self.config.num_layers, b):
-                raise ValueError(f"Decoder: cache shape {cache['k'].shape} is not (layers={self.config.num_layers}, "
-                                 f"B={b}, S, KVH, hd)")
+            got = (len(cache),) + cache[0]["k"].shape[:1] if per_layer else cache["k"].shape[:2]
+            if tuple(got) != (self.config.num_layers, b):
+                raise ValueError(f"Decoder: cache of {got} (layers, B), expected (layers={self.config.num_layers}, "
+                                 f"B={b})")
         if attention_mask is not None:
-            want = (b, l if cache is None else cache["k"].shape[2])
+            slots = None if cache is None else (cache[0]["k"] if per_layer else cache["k"]).shape[-3]
+            want = (b, l if cache is None else slots)
             if attention_mask.shape != want:
                 raise ValueError(f"Decoder: attention_mask shape {attention_mask.shape}, expected (B, "
                                  f"{'L' if cache is None else 'S'}) = {want}")
@@ -169,19 +190,54 @@ class Decoder(nn.Module):
             positions = default_positions(attention_mask, b, l, None if cache is None else cache_index)
 
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-        x, new_cache = self.layers(x, cache, positions, attention_mask, cache_index)
+        unrolled = per_layer and not self.is_initializing()
+        if unrolled:
+            x, new_cache = self._unrolled_layers(x, cache, positions, attention_mask, cache_index)
+        else:
+            x, new_cache = self.layers(x, cache, positions, attention_mask, cache_index)
         x = self.norm(x)
         if return_hidden:
             return x, new_cache
-        logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
+        if self.config.tie_word_embeddings:
+            logits = self.embed_tokens.attend(x)
+        elif unrolled:  # the LM head through the decode kernel too (it is a tenth of a small model's weights)
+            head = Dense(self.config.vocab_size, ("embed", "vocab"), False, self.dtype, self.param_dtype, parent=None)
+            logits = head.apply({"params": {"kernel": LayerRef.whole(nn.unbox(self.variables["params"]["lm_head"]["kernel"]))}},
+                                x)
+        else:
+            logits = self.lm_head(x)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         return logits.astype(jnp.float32), new_cache
 
 
-def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
-    """An empty KV cache: {"k", "v"} zeros of shape (layers, B, max_len, KVH, hd)."""
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.dim_per_head)
+def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32, per_layer: bool = False):
+    """An empty KV cache: {"k", "v"} zeros of shape (layers, B, max_len, KVH, hd); with `per_layer`, a list
+    of `layers` such dicts of shape (B, max_len, KVH, hd) (the unrolled decode path)."""
+    shape = (batch, max_len, config.num_kv_heads, config.dim_per_head)
+    if per_layer:
+        return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)]
+    shape = (config.num_layers,) + shape
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def unrolled_decode(dtype=jnp.float32) -> bool:
+    """Whether generation should take the unrolled path (`init_cache(..., per_layer=True)`): where the CPU
+    decode kernel reads the stacked weights in place. Elsewhere (accelerators, bfloat16, no C++ compiler) each
+    layer's weights would be sliced out of the stack, and XLA hoists those slices out of the decode loop: a
+    second copy of the weights in memory. The scanned path is kept there."""
+    from vllama_jax import kernels
+    return jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and kernels.available()
+
+
+def layer_view(stacked_layers, index: int):
+    """Layer `index` of the stacked layer params: Dense kernels as `LayerRef`s (read in place by the decode
+    kernel), everything else (norm scales, biases, Mixtral's router and experts) sliced."""
+    def view(path, x):
+        last = path[-1]
+        if getattr(last, "key", getattr(last, "name", None)) == "kernel" and getattr(x, "ndim", 0) >= 3:
+            return LayerRef(x, index)
+        return jax.tree_util.tree_map(lambda a: a[index], x)
+    return jax.tree_util.tree_map_with_path(view, stacked_layers, is_leaf=lambda x: isinstance(x, QArray))
 
 
 def abstract_params(config: DecoderConfig, param_dtype=jnp.float32):

@@ -1,0 +1,248 @@
+// Memory-bound matrix products of decoding on the CPU, as XLA FFI custom calls.
+//
+//   vj_matvec_f32:  x (M, K) f32, w (..., K, N) f32                     -> y (M, N) f32
+//   vj_matvec_s8:   x (M, K) f32, w (..., K, N) int8, scale (..., N) f32 -> y (M, N) f32
+//                   y[m, n] = scale[n] * sum_k x[m, k] * w[k, n]   (int8 weights, per-output-channel scale)
+//
+// Attribute `layer` (int64): which (K, N) matrix of a stacked (L, K, N) weight to use, by offset, so a
+// decoder's stacked layer weights are read in place (an XLA slice of them would be a copy per step).
+//
+// Why: at decode time M (the batch) is 1..8, so a step is one pass over the weights. XLA's CPU dot reaches
+// about half the memory bandwidth there and its int8 -> f32 convert + dot is slower than float32. This
+// kernel streams the weights once, in contiguous row blocks, on XLA's own intra-op thread pool.
+//
+// Work split: the K rows are cut into C blocks (contiguous memory); block c accumulates its partial
+// product into its own (M, N) buffer; the C partials are then summed in block order (in parallel over
+// N). Which thread runs which block does not change any sum, so results are deterministic.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Runs fn(i) for i in [0, n) on the pool and the calling thread; returns when all are done. The caller
+// takes tasks too, and only waits for tasks already started elsewhere, so a busy pool cannot deadlock it.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, F fn) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto st = std::make_shared<State>();
+  auto work = [st, n, fn]() {
+    for (int64_t i; (i = st->next.fetch_add(1)) < n;) {
+      fn(i);
+      if (st->done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->cv.notify_all();
+      }
+    }
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
+  for (int64_t t = 0; t < helpers; ++t) {
+    auto task = work;  // each scheduled task owns a copy (Schedule takes it by value)
+    pool.Schedule(std::move(task));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(st->mu);
+  st->cv.wait(lock, [&] { return st->done.load() == n; });
+}
+
+inline float AsFloat(float v) { return v; }
+inline float AsFloat(int8_t v) { return static_cast<float>(v); }
+
+// acc (MB, N) += x[:, k0:k1] @ w[k0:k1, :], four weight rows at a time (each acc row is loaded and stored
+// once per four rows; each weight element is loaded once and used MB times).
+template <int MB, typename W>
+void AccumulateRows(const float* __restrict x, int64_t K, const W* __restrict w, int64_t N, int64_t k0,
+                    int64_t k1, float* __restrict acc) {
+  int64_t k = k0;
+  for (; k + 4 <= k1; k += 4) {
+    const W* __restrict w0 = w + k * N;
+    const W* __restrict w1 = w0 + N;
+    const W* __restrict w2 = w1 + N;
+    const W* __restrict w3 = w2 + N;
+    float c[MB][4];
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < 4; ++r) c[m][r] = x[m * K + k + r];
+#pragma GCC ivdep
+    for (int64_t n = 0; n < N; ++n) {
+      float a0 = AsFloat(w0[n]), a1 = AsFloat(w1[n]), a2 = AsFloat(w2[n]), a3 = AsFloat(w3[n]);
+      for (int m = 0; m < MB; ++m)
+        acc[m * N + n] += c[m][0] * a0 + c[m][1] * a1 + c[m][2] * a2 + c[m][3] * a3;
+    }
+  }
+  for (; k < k1; ++k) {
+    const W* __restrict w0 = w + k * N;
+    for (int m = 0; m < MB; ++m) {
+      float c0 = x[m * K + k];
+#pragma GCC ivdep
+      for (int64_t n = 0; n < N; ++n) acc[m * N + n] += c0 * AsFloat(w0[n]);
+    }
+  }
+}
+
+#ifdef __AVX512F__
+// int8 rows on AVX-512: one sign-extending load (16 int8 -> 16 int32) and one convert per 16 weights. GCC's
+// own vectorisation of the int8 loop widens 64 at a time through 16-bit lanes with many shuffles, which made
+// the int8 kernel compute-bound below the memory speed.
+template <int MB>
+void AccumulateRowsS8(const float* __restrict x, int64_t K, const int8_t* __restrict w, int64_t N, int64_t k0,
+                      int64_t k1, float* __restrict acc) {
+  int64_t k = k0;
+  const int64_t n16 = N / 16 * 16;
+  for (; k + 4 <= k1; k += 4) {
+    const int8_t* w0 = w + k * N;
+    __m512 c[MB][4];
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < 4; ++r) c[m][r] = _mm512_set1_ps(x[m * K + k + r]);
+    for (int64_t n = 0; n < n16; n += 16) {
+      __m512 a[4];
+      for (int r = 0; r < 4; ++r)
+        a[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + r * N + n))));
+      for (int m = 0; m < MB; ++m) {
+        __m512 s = _mm512_loadu_ps(acc + m * N + n);
+        for (int r = 0; r < 4; ++r) s = _mm512_fmadd_ps(c[m][r], a[r], s);
+        _mm512_storeu_ps(acc + m * N + n, s);
+      }
+    }
+    for (int64_t n = n16; n < N; ++n)
+      for (int m = 0; m < MB; ++m)
+        for (int r = 0; r < 4; ++r) acc[m * N + n] += x[m * K + k + r] * static_cast<float>(w0[r * N + n]);
+  }
+  for (; k < k1; ++k)
+    for (int m = 0; m < MB; ++m)
+      for (int64_t n = 0; n < N; ++n) acc[m * N + n] += x[m * K + k] * static_cast<float>(w[k * N + n]);
+}
+
+template <>
+void AccumulateRows<1, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
+                               float* acc) { AccumulateRowsS8<1>(x, K, w, N, k0, k1, acc); }
+template <>
+void AccumulateRows<2, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
+                               float* acc) { AccumulateRowsS8<2>(x, K, w, N, k0, k1, acc); }
+template <>
+void AccumulateRows<3, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
+                               float* acc) { AccumulateRowsS8<3>(x, K, w, N, k0, k1, acc); }
+template <>
+void AccumulateRows<4, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
+                               float* acc) { AccumulateRowsS8<4>(x, K, w, N, k0, k1, acc); }
+#endif
+
+template <typename W>
+void AccumulateBlock(const float* x, int64_t M, int64_t K, const W* w, int64_t N, int64_t k0, int64_t k1,
+                     float* acc) {
+  // Batch rows in groups of up to 4 (more accumulators spill registers), over row sub-blocks of ~256 KiB of
+  // weights, so that a group after the first reads the sub-block from L2 rather than from memory again.
+  const int64_t sub = std::max<int64_t>(4, ((256 << 10) / (N * static_cast<int64_t>(sizeof(W)))) / 4 * 4);
+  for (int64_t s0 = k0; s0 < k1; s0 += sub) {
+    const int64_t s1 = std::min(k1, s0 + sub);
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const float* xm = x + m0 * K;
+      float* am = acc + m0 * N;
+      switch (std::min<int64_t>(4, M - m0)) {
+        case 1: AccumulateRows<1>(xm, K, w, N, s0, s1, am); break;
+        case 2: AccumulateRows<2>(xm, K, w, N, s0, s1, am); break;
+        case 3: AccumulateRows<3>(xm, K, w, N, s0, s1, am); break;
+        default: AccumulateRows<4>(xm, K, w, N, s0, s1, am); break;
+      }
+    }
+  }
+}
+
+template <typename W>
+ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, const float* scale,
+                  ffi::ResultBuffer<ffi::F32> y, int64_t layer) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() < 2) return ffi::Error::InvalidArgument("vj_matvec: x (M, K), w (..., K, N)");
+  const int64_t M = xd[0], K = xd[1], N = wd[wd.size() - 1];
+  if (wd[wd.size() - 2] != K) return ffi::Error::InvalidArgument("vj_matvec: x and w disagree on K");
+  int64_t layers = 1;
+  for (size_t i = 0; i + 2 < wd.size(); ++i) layers *= wd[i];
+  if (layer < 0 || layer >= layers) return ffi::Error::InvalidArgument("vj_matvec: layer out of range");
+  const W* wl = reinterpret_cast<const W*>(w.untyped_data()) + layer * K * N;
+  const float* sl = scale == nullptr ? nullptr : scale + layer * N;
+  const float* xp = x.typed_data();
+  float* out = y->typed_data();
+
+  // Row blocks of at least ~256 KiB of weights (fewer partials to sum), a few per thread (load balance).
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t row_bytes = N * static_cast<int64_t>(sizeof(W));
+  int64_t blocks = std::min<int64_t>(4 * threads, std::max<int64_t>(1, K * row_bytes / (256 << 10)));
+  blocks = std::max<int64_t>(1, std::min<int64_t>(blocks, K / 4));
+  const int64_t rows = (K + blocks - 1) / blocks;
+  blocks = (K + rows - 1) / rows;
+  std::vector<float> partial(static_cast<size_t>(blocks) * M * N, 0.0f);
+  ParallelFor(pool, blocks, [&](int64_t c) {
+    AccumulateBlock<W>(xp, M, K, wl, N, c * rows, std::min(K, (c + 1) * rows), partial.data() + c * M * N);
+  });
+  // Sum the partials in block order, in column ranges.
+  const int64_t col_chunk = std::max<int64_t>(1024, (N + 4 * threads - 1) / (4 * threads));
+  const int64_t chunks = (N + col_chunk - 1) / col_chunk;
+  ParallelFor(pool, chunks, [&](int64_t j) {
+    const int64_t n0 = j * col_chunk, n1 = std::min(N, n0 + col_chunk);
+    for (int64_t m = 0; m < M; ++m) {
+      float* o = out + m * N;
+      const float* p0 = partial.data() + m * N;
+      for (int64_t n = n0; n < n1; ++n) o[n] = p0[n];
+      for (int64_t c = 1; c < blocks; ++c) {
+        const float* pc = partial.data() + (c * M + m) * N;
+#pragma GCC ivdep
+        for (int64_t n = n0; n < n1; ++n) o[n] += pc[n];
+      }
+      if (sl != nullptr) {
+#pragma GCC ivdep
+        for (int64_t n = n0; n < n1; ++n) o[n] *= sl[n];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error MatVecF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w,
+                     ffi::ResultBuffer<ffi::F32> y, int64_t layer) {
+  if (w.element_type() != ffi::F32) return ffi::Error::InvalidArgument("vj_matvec_f32: w must be float32");
+  return MatVec<float>(pool, x, w, nullptr, y, layer);
+}
+
+ffi::Error MatVecS8(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> scale,
+                    ffi::ResultBuffer<ffi::F32> y, int64_t layer) {
+  if (w.element_type() != ffi::S8) return ffi::Error::InvalidArgument("vj_matvec_s8: w must be int8");
+  return MatVec<int8_t>(pool, x, w, scale.typed_data(), y, layer);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_f32, MatVecF32,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_s8, MatVecS8,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer"));

@@ -35,7 +35,7 @@ def configs_folder() -> str:
 
 
 def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None, batch_size: Optional[int] = None,
-                  progress_bar: bool = True) -> List:
+                  progress_bar: bool = True, fast_compile: bool = False) -> List:
     """The TrainConfig of every phase for `variant`, its paths under `out`."""
     from vllama_jax.train.config import load_train_config
 
@@ -48,7 +48,8 @@ def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None
                 f"data.tokenizer={os.path.join(out, 'tokenizer')}",
                 f"data.processor={os.path.join(out, 'processor')}",
                 f"data.cache={os.path.join(out, 'cache', phase)}",
-                f"train.progress_bar={str(progress_bar).lower()}"]
+                f"train.progress_bar={str(progress_bar).lower()}",
+                f"train.fast_compile={str(fast_compile).lower()}"]
         if steps and phase in steps:
             sets.append(f"train.steps={steps[phase]}")
         if batch_size:

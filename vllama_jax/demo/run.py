@@ -40,12 +40,14 @@ class Settings:
     steps: Dict[str, int]  # per phase; a phase left out trains the steps of its config
     batch_size: int = 16
     answer_batch: int = 16
+    fast_compile: bool = False  # train.fast_compile: half the compile time, slower steps (few steps: worth it)
 
 
 DEFAULT = Settings(num_train=600, num_test=80, num_audio=200, per_kind=40, steps={})
 # For CI: every stage on a few clips and steps (the accuracy bar is the default run's).
 QUICK = Settings(num_train=24, num_test=10, num_audio=8, per_kind=4,
-                 steps={"demo_video": 2, "demo_audio": 2, "demo_av": 3}, batch_size=8, answer_batch=8)
+                 steps={"demo_video": 2, "demo_audio": 2, "demo_av": 3}, batch_size=8, answer_batch=8,
+                 fast_compile=True)
 
 
 def _texts(data: str):
@@ -123,7 +125,8 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, variants: Sequence[st
 
     stage("decoding the training rows once")
     t = time.perf_counter()
-    cfgs = {v: phase_configs(out, v, settings.steps, settings.batch_size, progress_bar=progress) for v in variants}
+    cfgs = {v: phase_configs(out, v, settings.steps, settings.batch_size, progress_bar=progress,
+                             fast_compile=settings.fast_compile) for v in variants}
     build_caches(cfgs[variants[0]])  # every variant reads the same rows the same way
     timings["cache_s"] = time.perf_counter() - t
     bar.update()

@@ -46,7 +46,8 @@ def state_lower_bound(cfg) -> int:
     import flax.linen as nn
     import jax
 
-    from vllama_jax.loading import boxed_abstract_params, dummy_batch
+    from vllama_jax.loading import boxed_abstract_params
+    from vllama_jax.models.sequence import dummy_batch
     from vllama_jax.models.videollama2 import VideoLLaMA2
     from vllama_jax.train.optimizer import trainable_mask
     model_cfg = cfg.model.resolve()

@@ -23,7 +23,7 @@ peft = pytest.importorskip("peft")
 import vllama_jax  # noqa: E402
 from vllama_jax.checkpoints.hf_files import read_state_dict  # noqa: E402
 from vllama_jax.checkpoints.lora import LoRAError, merge_lora_folder  # noqa: E402
-from vllama_jax.commands.convert import convert  # noqa: E402
+from vllama_jax.checkpoints.convert import convert  # noqa: E402
 from vllama_jax.config import TINY_DECODERS, DecoderConfig  # noqa: E402
 from vllama_jax.loading import decoder_module, decoder_params, load_videollama2_config  # noqa: E402
 

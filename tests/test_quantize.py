@@ -7,7 +7,6 @@ unrolled decode path of the decoder.
 - generation through the unrolled layers and per-layer caches gives the scanned path's tokens;
 - `vj.load(fixture, quantize="int8")` loads, generates, and its logits on the original's inputs stay within
   2 % of the logits' standard deviation of the original's float32 outputs (the issue's bound, as an RMS error).
-  The SigLIP fixture (v_qwen2_siglip_v35) is one more entry of FIXTURE_NAMES once it loads.
 Speed is measured by the bench (`vllama-jax bench --only decode`), never here.
 """
 import jax
@@ -24,7 +23,7 @@ from vllama_jax.quantize import QArray, dequantize, is_quantized, quantize_int8,
 
 from conftest import FIXTURES
 
-FIXTURE_NAMES = ["v_mistral_clip_stc", "av_qwen2_clip_stc"]
+FIXTURE_NAMES = ["v_mistral_clip_stc", "av_qwen2_clip_stc", "v_qwen2_siglip_v35"]
 LOGITS_STD_FRACTION = 0.02
 
 
@@ -118,12 +117,12 @@ def int8_fixture(request):
 
 
 def test_int8_fixture_logits_within_two_percent_of_std(int8_fixture):
-    from vllama_jax.commands.dump import _dump_videollama2
+    from vllama_jax.dump import dump_videollama2
 
     d, inputs, exp, model = int8_fixture
     assert is_quantized(model.params["decoder"]) and not is_quantized(model.params["vision"])
     with jax.default_matmul_precision("highest"):
-        got = _dump_videollama2(model, inputs, greedy=8)
+        got = dump_videollama2(model, inputs, greedy=8)
     mask = exp["attention_mask"].astype(bool)
     ref = exp["logits"][mask]
     err = np.abs(got["logits"][mask] - ref)
@@ -142,7 +141,7 @@ def test_int8_fixture_logits_within_two_percent_of_std(int8_fixture):
 
 def test_int8_model_generates(int8_fixture):
     d, inputs, _, model = int8_fixture
-    from vllama_jax.commands.dump import fixture_samples
+    from vllama_jax.dump import fixture_samples
 
     samples = fixture_samples(inputs)
     ids = np.asarray(inputs["input_ids"])[:1]

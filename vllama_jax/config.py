@@ -516,6 +516,36 @@ PRESETS["tiny-av-qwen2"] = VideoLLaMA2Config(
     model_type="videollama2_qwen2", vision_tower_name="clip-vit-tiny-patch14-56", audio_tower_name="BEATs_tiny.pt")
 
 
+# The demo's model (`vllama-jax demo`, vllama_jax/demo/): the whole audio-visual architecture small
+# enough to train from scratch on a 2-core CPU in minutes, on 40 x 40 px clips of 8 frames. Its vision
+# tower hands on its last layer (2 layers: the usual second-to-last would leave one unused); BEATs
+# takes 64 x 64 fbank patches, 92 tokens for the 30 s window instead of 16 x 16's 1496, which is what
+# makes a CPU step affordable. The word-level tokenizer of the demo has fewer than 128 ids, and
+# `<|im_end|>` (id 2) ends an answer. "-meanpool" is the same model with the `mlp2x_gelu` projector,
+# which averages the frames (the baseline that cannot see motion).
+DEMO_DECODER = DecoderConfig(family="qwen2", vocab_size=128, hidden_size=64, intermediate_size=256, num_layers=2,
+                             num_heads=4, num_kv_heads=2, rope_theta=1e4, rms_norm_eps=1e-6,
+                             max_position_embeddings=512, attention_bias=True, bos_token_id=None,
+                             eos_token_id=2, pad_token_id=0)
+DEMO_CLIP = VisionConfig(family="clip", image_size=40, patch_size=8, hidden_size=64, intermediate_size=128,
+                         num_layers=2, num_heads=4, layer_norm_eps=1e-5, hidden_act="quick_gelu", select_layer=-1)
+DEMO_BEATS = BEATsConfig(input_patch_size=64, embed_dim=32, encoder_layers=2, encoder_embed_dim=64,
+                         encoder_ffn_embed_dim=128, encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4,
+                         num_buckets=32, max_distance=64)
+
+
+def _demo(projector: str) -> VideoLLaMA2Config:
+    return VideoLLaMA2Config(
+        decoder=DEMO_DECODER, vision=DEMO_CLIP,
+        connector=ConnectorConfig(projector, DEMO_CLIP.hidden_size, DEMO_DECODER.hidden_size), audio=DEMO_BEATS,
+        audio_projector=ConnectorConfig("mlp2x_gelu", DEMO_BEATS.encoder_embed_dim, DEMO_DECODER.hidden_size),
+        num_frames=8, model_type="videollama2_qwen2", vision_tower_name="vision_tower",
+        audio_tower_name="BEATs_demo.pt")
+
+
+PRESETS["demo-av"] = _demo("stc_connector")
+PRESETS["demo-av-meanpool"] = _demo("mlp2x_gelu")
+
 def preset(name: str) -> VideoLLaMA2Config:
     if name not in PRESETS:
         raise KeyError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")

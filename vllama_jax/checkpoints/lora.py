@@ -10,11 +10,11 @@ The original's LoRA training (`--lora_enable`) leaves a folder that is not a loa
 The model it describes is the base model's weights, overlaid with the non-LoRA trainables, with each
 adapted linear layer merged: W' = W + scale * B @ A, scale = lora_alpha / r (lora_alpha / sqrt(r) with
 rsLoRA). This is done here in HF key space, before any key map, so the merged state dict goes through the
-same `videollama2_params` as a released checkpoint. The vision tower is not in the folder: as in the
+same release table (checkpoints/release.py) as a released checkpoint. The vision tower is not in the folder: as in the
 original, it comes from the base (a VideoLLaMA 2 base) or from the folder `mm_vision_tower` names.
 
     merged = merge_lora_folder("finetune_lora", base="Mistral-7B-Instruct-v0.2")
-    merged.state_dict   # {release key: array}, ready for loading.videollama2_params
+    merged.state_dict   # {release key: array}, ready for loading.read_videollama2
     merged.base         # the base folder used (tokenizer files usually live there)
 """
 from __future__ import annotations

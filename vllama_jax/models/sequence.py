@@ -61,6 +61,7 @@ def dummy_batch(cfg: C.VideoLLaMA2Config, batch: int = 1, text_len: int = 4, fba
         b["video"] = np.zeros((batch, cfg.num_frames, v.num_channels, v.image_size, v.image_size), np.float32)
         b["has_video"] = np.ones((batch,), bool)
     if cfg.audio is not None:
-        b["audio"] = np.zeros((batch, fbank_frames, MEL_BINS), np.float32)
+        # At least one BEATs patch long (a config with 64-frame patches cannot run on 32 frames).
+        b["audio"] = np.zeros((batch, max(fbank_frames, cfg.audio.input_patch_size), MEL_BINS), np.float32)
         b["has_audio"] = np.ones((batch,), bool)
     return b

@@ -1,0 +1,166 @@
+"""The demo (`vllama-jax demo`): its generated data, and a whole --quick run in a fresh process.
+
+The generator must write media a model can learn from: real mp4 files whose decoded frames and sound
+are the rendered scene, annotation files in the original's format that the training pipeline reads
+without a bad row, and held-out questions of every kind whose answers follow from the scene. The
+--quick run goes through every stage (data, the three phases for both connectors, the release
+checkpoint, `vllama_jax.load`, the batched answer path) and must write results.json with every field;
+the accuracy bar belongs to the default run, which the README reports.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_pipelines import synthetic_qa as qa
+from data_pipelines import synthetic_scenes as scenes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("demo") / "data")
+    return qa.make_qa_dataset(folder, num_train=16, num_test=24, num_audio=6, seed=1, per_kind=6, progress=False)
+
+
+def test_clip_decodes_to_the_rendered_scene(tmp_path):
+    """The mp4's frames and sound track are the scene as rendered (up to codec loss)."""
+    import av
+
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        scene = scenes.sample_scene(rng)
+        path = str(tmp_path / f"c{i}.mp4")
+        scenes.write_clip(path, scene)
+        with av.open(path) as c:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float64)
+        with av.open(path) as c:
+            sound = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+        assert frames.shape == (scenes.FRAMES, scenes.SIZE, scenes.SIZE, 3)
+        # yuv420p halves the colour resolution: edges blur, but a shape keeps its palette colour.
+        assert np.mean(np.abs(frames - scenes.render_frames(scene))) < 8.0  # of 255
+        palette = {name: np.array(rgb) for name, rgb in scenes.COLOURS.items()}
+        for obj in scene.objects:
+            k = scenes.FRAMES - 1
+            x, y = (int(round(v)) for v in obj.position_at(k / scenes.FPS))
+            centre = frames[k, y + scenes.OBJECT // 2 + 2, x + scenes.OBJECT // 2]
+            nearest = min(palette, key=lambda n: np.abs(palette[n] - centre).sum())
+            assert nearest == obj.colour_at(k / scenes.FPS), (obj, centre)
+        wave = scenes.render_sound(scene)
+        # AAC delays the track by its priming samples: find the lag, then the shapes must agree.
+        lag = int(np.argmax(np.correlate(sound[:len(wave) + 4096], wave[:4000], mode="valid")))
+        got = sound[lag:lag + len(wave)]
+        assert np.corrcoef(got, wave[:len(got)])[0, 1] > 0.95, scene.sound
+
+
+def test_scene_facts_are_in_the_pixels():
+    """Every object is drawn in its colour where the scene says it is, and only once it has appeared."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        scene = scenes.sample_scene(rng)
+        frames = scenes.render_frames(scene)
+        for obj in scene.objects:
+            for k in (0, scenes.FRAMES // 2, scenes.FRAMES - 1):
+                t = k / scenes.FPS
+                x, y = (int(round(v)) for v in obj.position_at(t))
+                if t < obj.appear:
+                    continue
+                c = scenes.OBJECT
+                centre = frames[k, y + c // 2 + 2, x + c // 2]  # inside every shape, the triangle too
+                assert tuple(centre) == scenes.COLOURS[obj.colour_at(t)], (obj, t)
+
+
+def test_every_question_kind_is_answerable(dataset):
+    rows = qa.read_test_questions(dataset)
+    assert {r["kind"] for r in rows} == set(qa.KINDS)
+    for r in rows:
+        assert os.path.isfile(os.path.join(dataset, r["video"]))
+        assert r["av"] is True and 0 < r["chance"] < 1
+        if r["options"]:
+            assert r["answer"] in qa.LETTERS[:len(r["options"])]
+            assert r["chance"] == pytest.approx(1 / len(r["options"]))
+            assert all(f"({qa.LETTERS[i]}) {o}" in r["question"] for i, o in enumerate(r["options"]))
+        else:
+            assert " " not in r["answer"]  # one word
+
+
+def test_answers_follow_from_the_scene():
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(200):
+        scene = scenes.sample_scene(rng)
+        for q in qa.scene_questions(scene):
+            seen.add(q["template"])
+            assert q["answer"] in q["choices"]
+            if q["template"] == "direction":
+                (vx, vy), d = scene.mover.velocity, q["answer"]
+                assert {"right": vx > 0, "left": vx < 0, "down": vy > 0, "up": vy < 0}[d]
+            if q["template"] == "count":
+                assert q["answer"] == qa.NUMBERS[len(scene.objects) - 1]
+            if q["template"] == "beeps":
+                assert q["answer"] == qa.NUMBERS[len(scene.sound.beeps) - 1]
+            if q["template"] == "sync":
+                shape = q["question"].split("the ")[-1].split(" appeared")[0]
+                obj = next(o for o in scene.objects if o.shape == shape)
+                assert (q["answer"] == "yes") == (obj.appear == scene.sound.beeps[0])
+    assert seen == {"colour", "shape", "direction", "first", "change", "count", "sound", "pitch", "beeps", "sweep",
+                    "sync", "with_beep"}
+
+
+def test_annotations_train_without_a_bad_row(dataset, tmp_path):
+    """Every phase file decodes into samples with the pipeline of `vllama-jax train`."""
+    from data_pipelines.annotations import read_annotation_file
+    from data_pipelines.samples import AUDIO_SHAPE, SampleDecoder, SampleSpec
+    from vllama_jax.checkpoints.export import processor_config
+    from vllama_jax.config import preset
+    from vllama_jax.demo.run import _texts
+    from vllama_jax.demo.tokenizer import word_tokenizer
+
+    cfg = preset("demo-av")
+    tok = word_tokenizer(_texts(dataset))
+    assert len(tok) <= cfg.decoder.vocab_size
+    tok.save_pretrained(str(tmp_path / "tok"))
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "preprocessor_config.json").write_text(json.dumps(processor_config(cfg.vision)))
+    limits = {"video.json": 112, "audio.json": 96, "av.json": 128}  # the phase configs' buckets
+    for name, audio_from_video in (("video.json", False), ("audio.json", False), ("av.json", True)):
+        rows = read_annotation_file(os.path.join(dataset, name), audio_from_video)
+        assert rows and all("_error" not in r for r in rows)
+        spec = SampleSpec(dataset, str(tmp_path / "tok"), str(tmp_path / "proc"), "qwen2", cfg.num_frames,
+                          cfg.vision.image_size, True, limits[name])
+        decode = SampleDecoder(spec)
+        for row in rows[:3]:
+            s = decode.decode(row)
+            assert len(s["input_ids"]) <= limits[name]
+            assert (s["labels"] != -100).sum() >= 2  # an answer word and <|im_end|>
+            if name != "audio.json":
+                assert s["video"].shape == (cfg.num_frames, 3, cfg.vision.image_size, cfg.vision.image_size)
+            if name != "video.json":
+                assert s["audio"].shape == AUDIO_SHAPE and s["audio"].std() > 1.0  # a sound, not silence
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_every_result(tmp_path):
+    out = tmp_path / "demo"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, VLLAMA_JAX_CACHE=str(tmp_path / "jit"))
+    proc = subprocess.run([sys.executable, "-m", "vllama_jax", "demo", "--out", str(out), "--quick"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "results.json") as f:
+        r = json.load(f)
+    for key in ("overall", "chance", "categories", "baseline_mean_pool", "examples", "timings"):
+        assert key in r, key
+    assert set(r["categories"]) == set(r["baseline_mean_pool"]) - {"overall"} == set(qa.KINDS)
+    assert all(0 <= v <= 1 for v in list(r["categories"].values()) + list(r["baseline_mean_pool"].values()))
+    assert 0 < r["chance"] < 1 and r["errors"] == {"stc": 0, "mean_pool": 0}
+    assert r["examples"] and all({"question", "answer", "expected", "video"} <= set(e) for e in r["examples"])
+    assert {"data_s", "cache_s", "total_s", "stc", "mean_pool"} <= set(r["timings"])
+    for name in ("training_curves", "accuracy_per_kind", "stc_vs_mean_pool", "examples"):
+        assert (out / r["plots"][name]).is_file()
+    assert "overall" in proc.stdout and "mean pool" in proc.stdout  # the table
+    # The checkpoint is in the release layout and loads back.
+    assert (out / r["checkpoints"]["stc"] / "model.safetensors").is_file()

@@ -1,0 +1,66 @@
+"""The demo's evaluation: held-out questions answered through `vllama-jax answer`'s batched path, scored.
+
+    rows = answer_questions(model, questions, data_folder)   # + "answer", "correct" per question
+    scores = score(rows)        # {"overall", "chance", "categories", "chance_by_kind", "counts"}
+
+A question is right when the answer, lower-cased and stripped of punctuation, is the expected word
+(or, for multiple choice, the expected letter): exact match, no partial credit. A question the model
+could not answer (an error row of the answer path) counts as wrong.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, List, Sequence
+
+from data_pipelines.synthetic_qa import KINDS
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text or "").lower().split())
+
+
+def answer_questions(model, questions: Sequence[dict], data_folder: str, batch_size: int = 16,
+                     max_new_tokens: int = 4) -> List[dict]:
+    """Each question with `expected` (the right answer), the model's `answer` (or `error`) and `correct`,
+    in the input order."""
+    from vllama_jax.answering import answer_rows
+
+    inputs = [{"id": q["id"], "question": q["question"], "video": os.path.join(data_folder, q["video"]), "av": True}
+              for q in questions]
+    got: Dict[int, dict] = {}
+    answer_rows(model, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                on_result=lambda r: got.update({r["id"]: r}))
+    rows = []
+    for q in questions:
+        r = got.get(q["id"], {"error": "not answered"})
+        row = dict(q, expected=q["answer"], answer=r.get("answer"),
+                   correct=normalise(r.get("answer")) == normalise(q["answer"]))
+        if "error" in r:
+            row["error"] = r["error"]
+        rows.append(row)
+    return rows
+
+
+def score(rows: Sequence[dict]) -> dict:
+    def mean(xs):
+        xs = list(xs)
+        return float(sum(xs) / len(xs)) if xs else None
+
+    kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
+    return {
+        "overall": mean(r["correct"] for r in rows),
+        "chance": mean(r["chance"] for r in rows),
+        "categories": {k: mean(r["correct"] for r in rows if r["kind"] == k) for k in kinds},
+        "chance_by_kind": {k: mean(r["chance"] for r in rows if r["kind"] == k) for k in kinds},
+        "counts": {k: sum(r["kind"] == k for r in rows) for k in kinds},
+        "errors": sum("error" in r for r in rows),
+    }
+
+
+def by_template(rows: Sequence[dict]) -> Dict[str, float]:
+    """Accuracy per question template ("direction", "pitch", ...): where a kind's score comes from."""
+    out: Dict[str, List[bool]] = {}
+    for r in rows:
+        out.setdefault(r["template"], []).append(r["correct"])
+    return {t: sum(v) / len(v) for t, v in sorted(out.items())}

@@ -9,27 +9,22 @@ file that cannot be read gives an error row ({"id", "error"}), never a crash. Ou
 import json
 import logging
 
+from vllama_jax.commands.flags import add_model_flags, load_model
+
 HELP = "answer many questions about many media files (batched, resumable)"
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True)
+    add_model_flags(p)
     p.add_argument("--input", required=True, help="questions.jsonl")
     p.add_argument("--out", required=True, help="answers.jsonl (appended; existing ids are skipped)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--num-frames", type=int)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--quantize", choices=("int8",), help="int8 weight-only decoder (per-channel scales): faster "
-                   "memory-bound decoding on the CPU, logits within ~1%% of float32")
 
 
 def main(args) -> int:
-    import jax.numpy as jnp
-
-    import vllama_jax
     from vllama_jax.answering import answer_rows, done_ids, read_questions
 
     logging.basicConfig(level=logging.INFO)
@@ -39,8 +34,7 @@ def main(args) -> int:
     log.info("%d questions, %d already answered, %d to do", len(rows), len(rows) - len(todo), len(todo))
     if not todo:
         return 0
-    model = vllama_jax.load(args.model, dtype=getattr(jnp, args.dtype), num_frames=args.num_frames,
-                            quantize=args.quantize)
+    model = load_model(args)
     with open(args.out, "a") as f:
         def write(result):
             f.write(json.dumps(result) + "\n")

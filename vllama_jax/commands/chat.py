@@ -5,36 +5,29 @@ or Ctrl-D to quit.
 """
 import sys
 
+from vllama_jax.commands.flags import add_model_flags, load_model
+
 HELP = "ask a VideoLLaMA 2 checkpoint about a video / image / audio file (streams the answer)"
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="VideoLLaMA 2 checkpoint folder")
+    add_model_flags(p)
     p.add_argument("--video", help="video file (mp4, mkv, webm, avi, gif) or a folder of frames")
     p.add_argument("--image", help="image file")
     p.add_argument("--audio", help="audio file (wav, mp3, flac, or a video's sound track)")
     p.add_argument("--av", action="store_true", help="with --video: also listen to the video's own sound track")
     p.add_argument("--start", type=float, help="video start (s)")
     p.add_argument("--end", type=float, help="video end (s)")
-    p.add_argument("--num-frames", type=int, help="frames to sample (default: the checkpoint's)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--quantize", choices=("int8",), help="int8 weight-only decoder (per-channel scales): faster "
-                   "memory-bound decoding on the CPU, logits within ~1%% of float32")
     p.add_argument("question", nargs="?", help="the question (interactive when left out)")
 
 
 def main(args) -> int:
-    import jax.numpy as jnp
-
-    import vllama_jax
-
-    model = vllama_jax.load(args.model, dtype=getattr(jnp, args.dtype), num_frames=args.num_frames,
-                            quantize=args.quantize)
+    model = load_model(args)
     audio = True if args.av else args.audio
     session = model.new_chat(video=args.video, image=args.image, audio=audio, start=args.start, end=args.end)
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

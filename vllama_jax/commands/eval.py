@@ -28,6 +28,8 @@ import dataclasses
 import logging
 import os
 
+from vllama_jax.commands.flags import add_model_flags
+
 HELP = "evaluate on a video QA benchmark (multiple-choice or open-ended), reproducibly"
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ def add_arguments(p):
     from vllama_jax.evaluation.datasets import LAYOUTS
     from vllama_jax.evaluation.prompts import MC_STYLES
 
-    p.add_argument("--model", required=True, help="VideoLLaMA 2 checkpoint folder")
+    add_model_flags(p, context_help="longest prompt + answer in tokens (default: the decoder's "
+                                    "max_position_embeddings); with --av the sound alone can take ~1500")
     p.add_argument("--benchmark", required=True, choices=("mcqa", "oqa"),
                    help="mcqa: multiple-choice (MVBench, EgoSchema, Perception Test, Video-MME); oqa: open-ended")
     p.add_argument("--data", required=True, help="annotations: normalized .jsonl, the original's MVBench .json "
@@ -50,12 +53,6 @@ def add_arguments(p):
                         "that benchmark")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--num-frames", type=int, help="frames per video (default: the checkpoint's)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--quantize", choices=("int8",), help="int8 weight-only decoder (per-channel scales): faster "
-                   "memory-bound decoding on the CPU, logits within ~1%% of float32")
-    p.add_argument("--max-context", type=int, help="longest prompt + answer in tokens (default: the decoder's "
-                                                   "max_position_embeddings); with --av the sound alone can take ~1500")
     p.add_argument("--av", action="store_true", help="give an audio-visual model each video's sound track too")
 
 

@@ -3,26 +3,23 @@ OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, GET /health
 batching; see vllama_jax/serve/ and the README's "Serving" section."""
 import logging
 import os
-import sys
+
+from vllama_jax.commands.flags import add_model_flags, load_model
 
 HELP = "serve a checkpoint over OpenAI's chat-completions API (video / image / audio, continuous batching)"
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="VideoLLaMA 2 checkpoint folder")
+    add_model_flags(p, context_help="positions per request (prompt + answer); default the checkpoint's "
+                                    "max_position_embeddings; more lets RoPE run past the trained length")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--media-root", help="serve file:// URLs from under this folder (default: refuse file:// URLs)")
     p.add_argument("--max-batch", type=int, default=8, help="KV-cache slots: requests decoded together")
-    p.add_argument("--max-context", type=int, help="positions per request (prompt + answer); default the "
-                   "checkpoint's max_position_embeddings; more lets RoPE run past the trained length")
     p.add_argument("--max-len", type=int, help="KV-cache length of a slot (default: the context, capped at 8192)")
-    p.add_argument("--quantize", choices=("int8",), help="int8 weight-only decoding")
     p.add_argument("--api-key", default=os.environ.get("VLLAMA_JAX_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $VLLAMA_JAX_API_KEY, else none)")
     p.add_argument("--served-model-name", help="the model id clients send (default: the folder's name)")
-    p.add_argument("--num-frames", type=int, help="frames per video (default: the checkpoint's)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="request body cap (413 above it)")
     p.add_argument("--workers", type=int, default=2, help="threads decoding media and tokenizing")
@@ -32,17 +29,12 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    import jax.numpy as jnp
     import uvicorn
 
-    import vllama_jax
     from vllama_jax.serve.app import Server, _uvicorn_server_class, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kw = dict(dtype=getattr(jnp, args.dtype), num_frames=args.num_frames, max_context=args.max_context)
-    if args.quantize:
-        kw["quantize"] = args.quantize
-    model = vllama_jax.load(args.model, **kw)
+    model = load_model(args)
     max_len = args.max_len or min(model.max_context, 8192)
     server = Server(model, max_batch=args.max_batch, max_len=max_len, media_root=args.media_root,
                     api_key=args.api_key, name=args.served_model_name, max_body=int(args.max_body_mb * 2 ** 20),

@@ -3,7 +3,7 @@
     annotations.py   JSON / JSONL annotation files -> rows (a malformed row is kept as an error row)
     samples.py       row -> sample (media decode, chat template, tokens, labels); samples -> batch
     pipeline.py      the Grain pipeline: shuffle, per-epoch reshuffle, mixing, per-process batches, prefetch
-    cache.py         pre-decoded samples in ArrayRecord shards (`python -m data_pipelines.cache`)
+    cache.py         pre-decoded samples in ArrayRecord shards (`vllama-jax cache`); records.py: their format
     synthetic.py     a tiny generated dataset of real media files, for the smoke run and tests
     from_config.py   a training config's `data` section -> the pipeline
 """

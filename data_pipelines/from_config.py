@@ -10,6 +10,7 @@ import os
 from typing import List, Optional
 
 from data_pipelines.pipeline import Source, TrainData
+from data_pipelines.records import check_manifest
 from data_pipelines.samples import SampleSpec
 from vllama_jax.config import VideoLLaMA2Config
 
@@ -56,7 +57,6 @@ def train_data(cfg, model: VideoLLaMA2Config, process_index: int = 0, process_co
     make_synthetic_data(cfg, model, process_index)
     sources = sources_of(cfg)
     if cfg.data.cache:
-        from data_pipelines.cache import check_manifest
         check_manifest(cfg.data.cache, [s.path for s in sources])
     return TrainData(sources, sample_spec(cfg, model), cfg.train.global_batch_size, seed=cfg.data.seed,
                      buckets=cfg.data.length_buckets, process_index=process_index, process_count=process_count,

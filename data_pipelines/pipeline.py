@@ -24,7 +24,9 @@ from typing import List, Optional, Sequence, Tuple
 import grain
 
 from data_pipelines.annotations import read_annotation_file
-from data_pipelines.samples import SampleDecoder, SampleSpec, collate, default_buckets
+from data_pipelines.records import cache_shards, deserialize
+from data_pipelines.samples import SampleDecoder, SampleSpec, collate
+from vllama_jax.models.sequence import default_buckets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +47,6 @@ def row_datasets(sources: Sequence[Source], folder: str, cache: Optional[str] = 
     out = []
     for i, s in enumerate(sources):
         if cache is not None:
-            from data_pipelines.cache import cache_shards
             out.append(grain.MapDataset.source(grain.sources.ArrayRecordDataSource(cache_shards(cache, i))))
         else:
             rows = read_annotation_file(annotation_path(folder, s.path), s.audio_from_video)
@@ -94,7 +95,6 @@ class BatchDecoder:
 
     def __call__(self, rows: list) -> dict:
         if self.from_cache:
-            from data_pipelines.cache import deserialize
             samples = [deserialize(r) for r in rows]
         else:
             samples = [self.decoder(r) for r in rows]

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import os
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -166,10 +166,6 @@ def empty_sample() -> dict:
             "audio": None, "bad": True}
 
 
-def default_buckets(model_max_length: int) -> Tuple[int, ...]:
-    return tuple(sorted({max(model_max_length // 4, 1), max(model_max_length // 2, 1), model_max_length}))
-
-
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= n (text is truncated to the largest, so one always fits)."""
     for b in sorted(buckets):
@@ -194,6 +190,7 @@ def collate(samples: Sequence[dict], buckets: Sequence[int], num_frames: int, im
     if has_audio_tower:
         batch["audio"] = np.zeros((b,) + AUDIO_SHAPE, np.float32)
         batch["has_audio"] = np.zeros((b,), bool)
+    # (the layout of vllama_jax.models.sequence.train_batch_shapes, which `plan` compiles for)
     video_shape = batch["video"].shape[1:]
     for i, s in enumerate(samples):
         if s["video"] is not None and s["video"].shape != video_shape:
@@ -210,17 +207,3 @@ def collate(samples: Sequence[dict], buckets: Sequence[int], num_frames: int, im
             batch["audio"][i] = s["audio"]
             batch["has_audio"][i] = True
     return batch
-
-
-def pad_text_to(batch: Dict[str, np.ndarray], length: int) -> Dict[str, np.ndarray]:
-    """Pad the text arrays of a batch to `length` (hosts agreeing on one bucket in multi-host runs)."""
-    extra = length - batch["input_ids"].shape[1]
-    if extra < 0:
-        raise ValueError(f"cannot pad a batch of length {batch['input_ids'].shape[1]} down to {length}")
-    if extra == 0:
-        return batch
-    out = dict(batch)
-    out["input_ids"] = np.pad(batch["input_ids"], ((0, 0), (0, extra)))
-    out["attention_mask"] = np.pad(batch["attention_mask"], ((0, 0), (0, extra)))
-    out["labels"] = np.pad(batch["labels"], ((0, 0), (0, extra)), constant_values=IGNORE_INDEX)
-    return out

@@ -188,7 +188,8 @@ def test_schedule_is_warmup_then_cosine():
 
 def test_mfu_table_and_flops():
     from vllama_jax.config import PRESETS
-    from vllama_jax.train.flops import peak_flops, train_step_flops
+    from vllama_jax.devices import peak_flops
+    from vllama_jax.train.flops import train_step_flops
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("TPU v5 lite") == 197e12
     assert peak_flops("TPU v5") == 459e12 and peak_flops("cpu") is None
     cfg = PRESETS["VideoLLaMA2-7B"]

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("chat", "answer", "serve", "dump", "train", "plan", "eval", "bench", "demo", "convert")
+COMMANDS = ("chat", "answer", "serve", "dump", "train", "cache", "plan", "eval", "bench", "demo", "convert")
 
 
 def _load(name):

@@ -50,10 +50,13 @@ def main(args) -> int:
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
 
+    from data_pipelines.from_config import train_data
     from vllama_jax.train.config import load_train_config
     from vllama_jax.train.loop import train
     cfg = load_train_config(args.config, args.set)
-    losses = train(cfg)
+    # The command wires the two packages: data_pipelines builds this process's batches, the library trains.
+    data = train_data(cfg, cfg.model.resolve(), jax.process_index(), jax.process_count())
+    losses = train(cfg, data)
     if jax.process_index() == 0 and losses:
         last = max(losses)
         print(json.dumps({"output_dir": cfg.output_dir, "last_step": last, "loss": losses[last]}))

@@ -60,7 +60,8 @@ def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None
 
 def build_caches(cfgs, progress: Optional[Callable[[str], None]] = None) -> None:
     """Decode each phase's rows into its `data.cache` folder, unless a complete cache is there."""
-    from data_pipelines.cache import MANIFEST, write_cache
+    from data_pipelines.cache import write_cache
+    from data_pipelines.records import MANIFEST
     from data_pipelines.from_config import sample_spec, sources_of
 
     for cfg in cfgs:
@@ -78,12 +79,13 @@ def train_variant(cfgs, on_phase: Optional[Callable[[str, float], None]] = None)
     returns {phase: {step: loss}} of the steps run now. `on_phase(name, seconds)` after each."""
     import time
 
+    from data_pipelines.from_config import train_data
     from vllama_jax.train.loop import train
 
     losses = {}
     for cfg in cfgs:
         t = time.perf_counter()
-        losses[cfg.name] = train(cfg)
+        losses[cfg.name] = train(cfg, train_data(cfg, cfg.model.resolve()))
         if on_phase:
             on_phase(cfg.name, time.perf_counter() - t)
     return losses

@@ -5,12 +5,13 @@
     audio           Na = BEATs 16 x 16 patches over (F, 128) fbank frames: (F // 16) * 8 (1496 for 30 s)
     spliced length  L' = L - 1 + Nv + Na: the sample's one placeholder replaced by its features
 
-`dummy_batch` is the smallest batch of the model's structure (for init / eval_shape). Everything here
-is host arithmetic on the config: no arrays, nothing compiled.
+`dummy_batch` is the smallest batch of the model's structure (for init / eval_shape); `train_batch_shapes`
+the layout of a training batch (data_pipelines fills it, `plan` compiles for it). Everything here is host
+arithmetic on the config: nothing compiled.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -49,6 +50,41 @@ def spliced_length(cfg: C.VideoLLaMA2Config, text_len: int, video: bool = True, 
                    num_frames: Optional[int] = None) -> int:
     """L' = L - 1 + Nv + Na: the decoder's length for `text_len` tokens with one placeholder."""
     return text_len - 1 + media_tokens(cfg, video, fbank_frames, num_frames)
+
+
+def default_buckets(model_max_length: int) -> Tuple[int, ...]:
+    """Text lengths a training batch is padded to when the config names none: max/4, max/2, max."""
+    return tuple(sorted({max(model_max_length // 4, 1), max(model_max_length // 2, 1), model_max_length}))
+
+
+def train_batch_shapes(cfg: C.VideoLLaMA2Config, batch: int, text_len: int) -> Dict[str, Tuple[tuple, Any]]:
+    """{name: (shape, dtype)} of a training batch (what data_pipelines' `collate` fills and the train step
+    takes): text (B, L) padded right, every sample's video slot (images repeated), audio when the model
+    has an audio tower, and `bad` rows (skipped by the loss)."""
+    shapes = {"input_ids": ((batch, text_len), np.int32), "attention_mask": ((batch, text_len), np.bool_),
+              "labels": ((batch, text_len), np.int32), "bad": ((batch,), np.bool_)}
+    if cfg.vision is not None:
+        v = cfg.vision
+        shapes["video"] = ((batch, cfg.num_frames, v.num_channels, v.image_size, v.image_size), np.float32)
+        shapes["has_video"] = ((batch,), np.bool_)
+    if cfg.audio is not None:
+        shapes["audio"] = ((batch, FBANK_FRAMES, MEL_BINS), np.float32)
+        shapes["has_audio"] = ((batch,), np.bool_)
+    return shapes
+
+
+def pad_text_to(batch: Dict[str, np.ndarray], length: int) -> Dict[str, np.ndarray]:
+    """Pad the text arrays of a training batch to `length` (hosts agreeing on one bucket in multi-host runs)."""
+    extra = length - batch["input_ids"].shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad a batch of length {batch['input_ids'].shape[1]} down to {length}")
+    if extra == 0:
+        return batch
+    out = dict(batch)
+    out["input_ids"] = np.pad(batch["input_ids"], ((0, 0), (0, extra)))
+    out["attention_mask"] = np.pad(batch["attention_mask"], ((0, 0), (0, extra)))
+    out["labels"] = np.pad(batch["labels"], ((0, 0), (0, extra)), constant_values=C.IGNORE_INDEX)
+    return out
 
 
 def dummy_batch(cfg: C.VideoLLaMA2Config, batch: int = 1, text_len: int = 4, fbank_frames: int = 32) -> dict:

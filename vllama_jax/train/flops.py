@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from vllama_jax.config import VideoLLaMA2Config
-from vllama_jax.devices import peak_flops  # noqa: F401  (the MFU's denominator, used with these FLOPs)
 
 # Which parts feed which: a part needs input gradients when any part upstream of it trains.
 UPSTREAM = {"vision": (), "connector": ("vision",), "audio": (), "audio_projector": ("audio",),

@@ -28,11 +28,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from data_pipelines.from_config import train_data
-from data_pipelines.samples import pad_text_to
 from vllama_jax.checkpoints.orbax import Checkpointer
 from vllama_jax.loading import boxed_abstract_params
-from vllama_jax.models.sequence import FBANK_FRAMES, dummy_batch, spliced_length
+from vllama_jax.models.sequence import FBANK_FRAMES, dummy_batch, pad_text_to, spliced_length
 from vllama_jax.models.videollama2 import VideoLLaMA2
 from vllama_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_mesh, shard_batch, use_mesh
 from vllama_jax.train.config import TrainConfig
@@ -137,13 +135,14 @@ def _agree_on_length(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return pad_text_to(batch, length)
 
 
-def train(cfg: TrainConfig) -> Dict[int, float]:
-    """Run (or resume) the phase `cfg` describes; returns {step: loss} of the steps this call ran."""
+def train(cfg: TrainConfig, data) -> Dict[int, float]:
+    """Run (or resume) the phase `cfg` describes on `data`, this process's batches (data_pipelines'
+    `TrainData`: `num_rows`, and `iterator(start)` yielding the batches from global batch `start` on, with
+    `start_prefetch()` / `close()`); returns {step: loss} of the steps this call ran."""
     process_index, process_count = jax.process_index(), jax.process_count()
     model_cfg = cfg.model.resolve()
     mesh = make_mesh(cfg.mesh.axes())
     check_batch_split(cfg, mesh)
-    data = train_data(cfg, model_cfg, process_index, process_count)
     steps = total_steps(cfg, data.num_rows)
 
     # The data position first, so the first batches decode while the model state is built or restored.

@@ -21,8 +21,8 @@ optimizer mask, state and batch shardings) is lowered on abstract inputs (shapes
 
 Chip numbers (HBM size, peak FLOP/s, HBM bandwidth) come from `vllama_jax/devices.py`.
 
-The batch is the data pipeline's own (`samples.collate`) at the phase's largest text bucket: the
-step's worst case.
+The batch is the training layout (`models/sequence.train_batch_shapes`, what data_pipelines fills) at the
+phase's largest text bucket: the step's worst case.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from data_pipelines.samples import collate, default_buckets, empty_sample
+from vllama_jax.models.sequence import default_buckets, train_batch_shapes
 from vllama_jax.devices import device_spec
 from vllama_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, use_mesh
 from vllama_jax.train.config import TrainConfig
@@ -120,10 +120,8 @@ def chip_count(devices: Sequence[Any]) -> int:
 def abstract_batch(cfg: TrainConfig, model_cfg, sharding) -> Tuple[Dict[str, jax.ShapeDtypeStruct], int]:
     """The phase's global batch at its largest text bucket, as sharded shapes; and that text length."""
     text_len = max(cfg.data.length_buckets or default_buckets(cfg.data.model_max_length))
-    one = collate([empty_sample()], (text_len,), model_cfg.num_frames, model_cfg.vision.image_size,
-                  model_cfg.audio is not None)
-    b = cfg.train.global_batch_size
-    return {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype, sharding=sharding) for k, v in one.items()}, text_len
+    shapes = train_batch_shapes(model_cfg, cfg.train.global_batch_size, text_len)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}, text_len
 
 
 def _param_counts(params, mask) -> Dict[str, int]:

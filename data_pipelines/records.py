@@ -1,0 +1,53 @@
+"""The record format of the pre-decoded sample cache (written by cache.py, read by pipeline.py).
+
+    serialize(sample) -> bytes        one decoded sample (tokens, labels, bad flag, video / audio arrays) as npz
+    deserialize(bytes) -> sample      back, frames and fbank as float32
+    cache_shards(cache, i)            the ArrayRecord shards of annotation file #i: <cache>/<i:03d>/*.array_record
+    check_manifest(cache, paths)      refuses a cache made from other annotation files
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+from typing import List, Sequence
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+def serialize(sample: dict, dtype=np.float16) -> bytes:
+    arrays = {"input_ids": sample["input_ids"], "labels": sample["labels"], "bad": np.asarray(sample["bad"])}
+    for key in ("video", "audio"):
+        if sample[key] is not None:
+            arrays[key] = np.asarray(sample[key]).astype(dtype)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def deserialize(record: bytes) -> dict:
+    with np.load(io.BytesIO(record)) as z:
+        return {"input_ids": z["input_ids"], "labels": z["labels"], "bad": bool(z["bad"]),
+                "video": z["video"].astype(np.float32) if "video" in z else None,
+                "audio": z["audio"].astype(np.float32) if "audio" in z else None}
+
+
+def cache_shards(cache: str, source_index: int) -> List[str]:
+    shards = sorted(glob.glob(os.path.join(cache, f"{source_index:03d}", "*.array_record")))
+    if not shards:
+        raise FileNotFoundError(f"cache {cache} has no shards for annotation file #{source_index}")
+    return shards
+
+
+def check_manifest(cache: str, source_paths: Sequence[str]) -> dict:
+    path = os.path.join(cache, MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: not a cache written by `vllama-jax cache`")
+    with open(path) as f:
+        manifest = json.load(f)
+    if list(manifest["sources"]) != list(source_paths):
+        raise ValueError(f"cache {cache} was made from {manifest['sources']}, the config names {list(source_paths)}")
+    return manifest

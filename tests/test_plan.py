@@ -75,7 +75,7 @@ def test_plan_av_model_with_hbm_override_does_not_fit(tmp_path):
 ])
 def test_plan_bad_input_names_the_flag(tmp_path, capsys, flags, named):
     base = {"--phase": "video_finetune", "--preset": "tiny-mistral", "--topology": "v5p:2x2x1", "--mesh": "fsdp=4"}
-    base.update(zip(flags[::2], flags[1::2]))
+    base.update(zip(flags[::2], flags[1::2], strict=True))
     rc, plan = run_plan(tmp_path, *[x for flag_value in base.items() for x in flag_value])
     err = capsys.readouterr().err
     assert rc == 2 and plan is None

@@ -285,16 +285,18 @@ def test_short_request_overtakes_long_ones_and_disconnect_frees_slot(vserver, ro
         with c.stream("POST", url, json=long_body) as r:
             next(r.iter_lines())
 
-    def wait_idle():
+    def wait_idle(cancelled_now):
+        """Until every slot is free and the engine has counted `cancelled_now` cancellations (the client's
+        close can reach the server before its request reached the engine: wait for the count, not just idle)."""
         deadline = time.time() + 60
         while time.time() < deadline:
             health = httpx.get(health_url).json()
-            if health["running"] == 0 and health["waiting"] == 0:
+            if health["running"] == 0 and health["waiting"] == 0 and health["cancelled"] >= cancelled_now:
                 return health
             time.sleep(0.05)
-        raise AssertionError(f"slots still busy: {health}")
+        raise AssertionError(f"slots still busy or the request not counted as cancelled: {health}")
 
-    assert wait_idle()["cancelled"] == cancelled + 1
+    assert wait_idle(cancelled + 1)["cancelled"] == cancelled + 1
     body = json.dumps({"messages": msgs, "max_tokens": 500}).encode()
     sock = socket.create_connection((vserver.host, vserver.port))
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
@@ -303,7 +305,7 @@ def test_short_request_overtakes_long_ones_and_disconnect_frees_slot(vserver, ro
     while httpx.get(health_url).json()["running"] == 0 and time.time() < deadline:
         time.sleep(0.01)
     sock.close()  # the client waiting for a whole answer goes away while it decodes
-    assert wait_idle()["cancelled"] == cancelled + 2
+    assert wait_idle(cancelled + 2)["cancelled"] == cancelled + 2
     r = httpx.post(url, json={"messages": msgs, "max_tokens": 3}, timeout=300)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 

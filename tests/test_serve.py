@@ -282,8 +282,10 @@ def test_short_request_overtakes_long_ones_and_disconnect_frees_slot(vserver, ro
     health_url = vserver.url.rsplit("/v1", 1)[0] + "/health"
     cancelled = httpx.get(health_url).json()["cancelled"]
     with httpx.Client(timeout=300) as c:
-        with c.stream("POST", url, json=long_body) as r:
-            next(r.iter_lines())
+        with c.stream("POST", url, json=long_body) as r:  # leaves after the first generated text
+            for line in r.iter_lines():
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    break
 
     def wait_idle(cancelled_now):
         """Until every slot is free and the engine has counted `cancelled_now` cancellations (the client's

@@ -298,8 +298,12 @@ class Engine:
         while True:
             with self._cv:
                 free = [i for i, h in enumerate(self._slots) if h is None]
-                if any(h.cancelled for h in self._queue):  # clients that left while waiting
+                left = [h for h in self._queue if h.cancelled]  # clients that left while waiting
+                if left:
                     self._queue = collections.deque(h for h in self._queue if not h.cancelled)
+                    for h in left:
+                        h.finish_reason, h.finished_at = "cancelled", time.perf_counter()
+                    self.timers["cancelled"] += len(left)
                 if not free or not self._queue:
                     return
                 h = self._queue.popleft()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -219,10 +219,13 @@ def prefill(hf, ours, batch: int, seq: int, runner: Runner) -> dict:
                 torch_attention=hf.config._attn_implementation)
 
 
-def our_generate(part, max_new_tokens: int) -> Callable:
+def our_generate(part, max_new_tokens: int, per_layer: Optional[bool] = None) -> Callable:
     """(params, ids (B, L), mask (B, L)) -> (B, max_new_tokens) greedy ids, traceable: prefill and every
-    decode step of `vllama_jax.generate` around our Decoder, no EOS (all N steps run)."""
+    decode step of `vllama_jax.generate` around our Decoder, no EOS (all N steps run). `per_layer`: the
+    cache layout (default: what `vllama_jax.generate` picks for this backend and dtype)."""
     cfg, module = part.config, part.module
+    if per_layer is None:
+        per_layer = unrolled_decode(module.dtype)
 
     def decode_fn(params, inputs_embeds=None, input_ids=None, **kw):
         return module.apply({"params": params}, input_ids, inputs_embeds=inputs_embeds, **kw)
@@ -230,8 +233,7 @@ def our_generate(part, max_new_tokens: int) -> Callable:
     def run(params, ids, mask):
         embeds = module.apply({"params": params}, ids, method=Decoder.embed)
         return generate_from_embeds(decode_fn, params, embeds, mask.astype(bool),
-                                    init_cache=lambda b, n: init_cache(cfg, b, n, module.dtype,
-                                                                      per_layer=unrolled_decode(module.dtype)),
+                                    init_cache=lambda b, n: init_cache(cfg, b, n, module.dtype, per_layer=per_layer),
                                     max_new_tokens=max_new_tokens, eos_ids=(), pad_id=0)
 
     return run

@@ -94,3 +94,18 @@ def test_clear_message_without_torch(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "needs torch" in err and "setup_env.sh --test" in err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_accelerator_bench_quick_mode_runs(tmp_path):
+    """benchmarks/accelerator.py (bfloat16 decode against the chip's bandwidth, meant for a GPU/TPU) on tiny
+    sizes here: the script runs, its rows carry both layouts, the plot is written. (Its figures mean nothing
+    on a CPU; the README holds those of a GPU run.)"""
+    from benchmarks import accelerator
+    assert accelerator.main(["--out", str(tmp_path), "--quick", "--plan", "tiny", "--batches", "1"]) == 0
+    result = json.loads((tmp_path / "accelerator.json").read_text())
+    assert not result["errors"]
+    (row,) = result["decode"]
+    for layout in accelerator.LAYOUTS:
+        assert row[layout]["tokens_per_s"] > 0 and row[layout]["bandwidth_fraction"] > 0
+    assert result["limits"]["copy_bandwidth_bytes_per_s"] > 0
+    assert (tmp_path / "accelerator.png").exists()

@@ -18,7 +18,7 @@ import vllama_jax
 from vllama_jax import kernels
 from vllama_jax.config import TINY_DECODERS
 from vllama_jax.generate import generate_from_embeds
-from vllama_jax.models.decoder import Decoder, init_cache
+from vllama_jax.models.decoder import Decoder, init_cache, split_layers, stack_layers
 from vllama_jax.quantize import QArray, dequantize, is_quantized, quantize_int8, quantize_params
 
 from conftest import FIXTURES
@@ -103,9 +103,23 @@ def test_unrolled_decode_equals_scanned(family):
     params = jax.tree_util.tree_map(lambda a: a * 30 if a.ndim >= 2 else a, params)
     scanned = _generate(cfg, params, ids, mask, per_layer=False)
     np.testing.assert_array_equal(_generate(cfg, params, ids, mask, per_layer=True), scanned)
+    # The accelerators' layout: per-layer buffers (split_layers), every call unrolled, the full forward too.
+    split = split_layers(params)
+    np.testing.assert_array_equal(_generate(cfg, split, ids, mask, per_layer=True), scanned)
+    full = Decoder(cfg).apply({"params": params}, ids, attention_mask=mask)[0]
+    np.testing.assert_allclose(Decoder(cfg).apply({"params": split}, ids, attention_mask=mask)[0], full,
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="per-layer cache"):
+        Decoder(cfg).apply({"params": split}, ids, attention_mask=jnp.ones((3, 16), bool),
+                           cache=init_cache(cfg, 3, 16), cache_index=0)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(stack_layers(split)),
+                                                    jax.tree_util.tree_leaves(params)))
     q = quantize_params(params, part="decoder")
-    # int8 through both paths (the kernel for a few rows in the unrolled one, XLA's dot in the scanned one).
+    # int8 through both paths (the kernel for a few rows in the unrolled one, XLA's dot in the scanned one),
+    # and quantized after the split (the per-layer kernels found through the tuple).
     np.testing.assert_array_equal(_generate(cfg, q, ids, mask, per_layer=True),
+                                  _generate(cfg, q, ids, mask, per_layer=False))
+    np.testing.assert_array_equal(_generate(cfg, quantize_params(split, part="decoder"), ids, mask, per_layer=True),
                                   _generate(cfg, q, ids, mask, per_layer=False))
 
 

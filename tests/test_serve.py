@@ -145,6 +145,35 @@ def test_video_and_image_answer_as_model_chat(vmodel, vclient, root):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n, completion)
 
 
+def test_engine_in_split_layout_answers_as_model_chat(vmodel, root):
+    """The accelerators' decode layout (per-layer weights and caches, models/decoder.py) in the engine: two
+    concurrent requests answer as the stacked model's chat does."""
+    from vllama_jax.inference import VideoLLaMA2Model
+    m = vmodel
+    split = VideoLLaMA2Model(m.config, m.params, m.tokenizer, m.processor, path=m.path, decode_layout="split")
+    st = start_in_thread(Server(split, max_batch=2, max_len=1024, media_root=str(root)))
+    try:
+        client = openai.OpenAI(base_url=st.url, api_key="unused", max_retries=0, timeout=300)
+        jobs = [("What happens?", video_part(f"file://{root / VIDEO}"), {"video": str(root / VIDEO)}),
+                ("What is unusual here?", image_part(f"file://{root / IMAGE}"), {"image": str(root / IMAGE)})]
+        got = {}
+
+        def ask(q, part):
+            got[q] = client.chat.completions.create(model="v_mistral_clip_stc", max_tokens=16,
+                                                    messages=[user(q, part)]).choices[0].message.content
+
+        threads = [threading.Thread(target=ask, args=(q, part)) for q, part, _ in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        for q, _, media in jobs:
+            assert got[q] == reference(m, q, 16, **media)[0]
+    finally:
+        st.stop()
+        st.server.close()
+
+
 def test_several_images_are_the_frames_of_a_video(vmodel, vclient, tmp_path):
     """What lmms-eval's OpenAI-compatible models send for a video: its frames as image_url parts."""
     from PIL import Image

@@ -77,6 +77,33 @@ def test_fixture_through_python_api(fixture, models):
     _compare(got, exp)
 
 
+def _dump_in_layout(d, inputs, layout):
+    from vllama_jax.dump import dump_videollama2
+    model = vllama_jax.load(str(d), decode_layout=layout)
+    assert isinstance(model.params["decoder"]["layers"], tuple) == (layout == "split")
+    with jax.default_matmul_precision("highest"):
+        return model, dump_videollama2(model, inputs, greedy=8)
+
+
+def test_fixture_in_split_layout(fixture, models, tmp_path):
+    """The accelerators' decode layout (layers split into per-layer buffers, models/decoder.py), run here on
+    CPU: the original's outputs at the same tolerance; the model saves the release layout unchanged."""
+    d, inputs, exp = fixture
+    model, got = _dump_in_layout(d, inputs, "split")
+    _compare(got, exp)
+    model.save(str(tmp_path / "saved"))
+    back = vllama_jax.load(str(tmp_path / "saved"), decode_layout="scan")
+    want = models[d.name].params
+    for (kp, a), b in zip(jax.tree_util.tree_flatten_with_path(back.params)[0], jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(kp))
+
+
+def test_fixture_in_scan_layout():
+    """The plain scanned layout (CPU bfloat16, no C++ compiler) on the fixture with every part."""
+    d = FIXTURES / "av_qwen2_clip_stc"
+    _compare(_dump_in_layout(d, dict(np.load(d / "inputs.npz")), "scan")[1], dict(np.load(d / "expected.npz")))
+
+
 def _hf_greedy_from_embeds(folder, inputs_embeds, attention_mask, steps):
     """Reference for the cached loop: transformers' MistralForCausalLM built from the checkpoint's own
     config.json and decoder weights, greedy `generate` on the same (left-padded) inputs_embeds."""

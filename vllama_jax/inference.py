@@ -23,7 +23,8 @@ import numpy as np
 
 from vllama_jax import config as C
 from vllama_jax.generate import check_context, generate_from_embeds
-from vllama_jax.models.decoder import init_cache, unrolled_decode
+from vllama_jax.models.decoder import decode_layout as default_decode_layout
+from vllama_jax.models.decoder import init_cache, split_layers, stack_layers
 from vllama_jax.models.sequence import media_tokens
 from vllama_jax.models.videollama2 import VideoLLaMA2
 
@@ -94,10 +95,15 @@ class VideoLLaMA2Model:
 
     def __init__(self, config: C.VideoLLaMA2Config, params, tokenizer=None, processor=None, dtype=jnp.float32,
                  path: Optional[str] = None, length_bucket: int = 64, max_context: Optional[int] = None,
-                 unused: Optional[Dict[str, np.ndarray]] = None, vision_folder: Optional[str] = None):
+                 unused: Optional[Dict[str, np.ndarray]] = None, vision_folder: Optional[str] = None,
+                 decode_layout: Optional[str] = None):
         """A loaded model (`vllama_jax.load` builds one). `unused`: checkpoint tensors the model never reads
-        (SigLIP's pooling head), kept so that `save` writes the keys the original writes."""
+        (SigLIP's pooling head), kept so that `save` writes the keys the original writes. `decode_layout`:
+        how the decoder's layers are held for generation (models/decoder.py; default: this backend's)."""
         self.config = config
+        self.decode_layout = decode_layout or default_decode_layout(dtype)
+        if self.decode_layout == "split":
+            params = {**params, "decoder": split_layers(params["decoder"])}
         self.params = params
         self.tokenizer = tokenizer
         self.processor = processor
@@ -116,7 +122,8 @@ class VideoLLaMA2Model:
         """This model in the release layout (checkpoints/export.py), loadable by `vllama_jax.load` and by
         the original PyTorch code."""
         from vllama_jax.checkpoints.export import save_videollama2
-        return save_videollama2(folder, self.config, self.params, self.tokenizer, dtype=dtype, unused=self.unused,
+        params = {**self.params, "decoder": stack_layers(self.params["decoder"])}
+        return save_videollama2(folder, self.config, params, self.tokenizer, dtype=dtype, unused=self.unused,
                                 vision_folder=self.vision_folder)
 
     # --- forward -----------------------------------------------------------------------------------------
@@ -166,7 +173,7 @@ class VideoLLaMA2Model:
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
         return generate_from_embeds(
             decode_fn, params, prep["inputs_embeds"], prep["attention_mask"],
-            init_cache=lambda b, n: init_cache(cfg, b, n, self.dtype, per_layer=unrolled_decode(self.dtype)),
+            init_cache=lambda b, n: init_cache(cfg, b, n, self.dtype, per_layer=self.decode_layout != "scan"),
             max_new_tokens=max_new_tokens,
             eos_ids=eos, pad_id=pad, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
             stream=self._stream_dispatch if stream else None)

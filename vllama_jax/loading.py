@@ -34,6 +34,7 @@ import numpy as np
 from vllama_jax import config as C
 from vllama_jax.checkpoints.hf_files import read_state_dict, read_torch_pickle
 from vllama_jax.checkpoints.keymap import CheckpointError, to_params
+from vllama_jax.models.decoder import split_layers
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +197,12 @@ def read_videollama2(path: str, base: Optional[str] = None) -> Checkpoint:
 
 def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = None,
                      aspect_ratio: Optional[str] = None, compilation_cache: bool = True,
-                     max_context: Optional[int] = None, base: Optional[str] = None, quantize: Optional[str] = None):
+                     max_context: Optional[int] = None, base: Optional[str] = None, quantize: Optional[str] = None,
+                     decode_layout: Optional[str] = None):
     """A VideoLLaMA 2 folder -> `inference.VideoLLaMA2Model` (params on the device in `dtype`, tokenizer and
     processor when the folder has them). `num_frames` other than the checkpoint's changes the connector's
     token count (a warning says so); `base`: the base model of a LoRA folder; `quantize="int8"`: int8
-    weight-only decoder (quantize.py)."""
+    weight-only decoder (quantize.py); `decode_layout`: see models/decoder.py (default: this backend's)."""
     from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
     from vllama_jax.models.sequence import video_tokens
 
@@ -222,12 +224,25 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
                                                   num_frames=cfg.num_frames, aspect_ratio=aspect_ratio)
         except Exception as e:  # the model still runs on pre-processed inputs
             log.warning("no image processor for %s (%s)", ckpt.vision_folder or cfg.vision_tower_name, e)
-    params = _as_jax(ckpt.params, dtype)
+    layout = _decode_layout(decode_layout, dtype)
+    params = dict(ckpt.params)
+    if layout == "split":  # numpy views: split on the host, so the device never holds the stack too
+        params["decoder"] = split_layers(params["decoder"])
+    params = _as_jax(params, dtype)
     if quantize is not None:
         from vllama_jax.quantize import quantize_params
         params = quantize_params(params, quantize)
-    return VideoLLaMA2Model(cfg, params, tokenizer, processor, dtype=dtype, path=path,
-                            max_context=max_context, unused=ckpt.unused, vision_folder=ckpt.vision_folder)
+    return VideoLLaMA2Model(cfg, params, tokenizer, processor, dtype=dtype, path=path, max_context=max_context,
+                            unused=ckpt.unused, vision_folder=ckpt.vision_folder, decode_layout=layout)
+
+
+def _decode_layout(layout: Optional[str], dtype) -> str:
+    from vllama_jax.models.decoder import DECODE_LAYOUTS, decode_layout
+    if layout is None:
+        return decode_layout(dtype)
+    if layout not in DECODE_LAYOUTS:
+        raise ValueError(f"decode_layout='{layout}': expected one of {', '.join(DECODE_LAYOUTS)}")
+    return layout
 
 
 def load_tokenizer(folder: str):
@@ -246,9 +261,11 @@ def load_tokenizer(folder: str):
 
 # --- dispatch ----------------------------------------------------------------------------------------------
 
-def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, **kwargs):
+def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, decode_layout: Optional[str] = None,
+         **kwargs):
     """See the module docstring. `dtype`: the compute and param dtype (float32 for parity; bfloat16 on
-    accelerators). `quantize="int8"`: int8 weight-only decoder kernels (quantize.py)."""
+    accelerators). `quantize="int8"`: int8 weight-only decoder kernels (quantize.py). `decode_layout`: how a
+    decoder's layers are held for generation (models/decoder.py `decode_layout`; default: this backend's)."""
     if os.path.isfile(path) and path.endswith(".pt"):
         from vllama_jax.models.beats import BEATs, load_beats
         cfg, params = load_beats(path)
@@ -256,11 +273,14 @@ def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, **kwargs)
     raw = C.load_config(path)
     model_type = raw.get("model_type", "")
     if model_type in C.VIDEOLLAMA2_MODEL_TYPES:
-        return load_videollama2(path, dtype=dtype, quantize=quantize, **kwargs)
+        return load_videollama2(path, dtype=dtype, quantize=quantize, decode_layout=decode_layout, **kwargs)
     if model_type in C.DECODER_FAMILIES:
         cfg = C.DecoderConfig.from_hf_config(raw)
         module = decoder_module(cfg, dtype)
-        params = _as_jax(decoder_params(cfg, read_state_dict(path), path, module), dtype)
+        params = decoder_params(cfg, read_state_dict(path), path, module)
+        if _decode_layout(decode_layout, dtype) == "split":
+            params = split_layers(params)
+        params = _as_jax(params, dtype)
         if quantize is not None:
             from vllama_jax.quantize import quantize_params
             params = quantize_params(params, quantize, part="decoder")

@@ -25,7 +25,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 MODES = ("int8",)
 
@@ -61,6 +60,9 @@ def quantize_int8(w) -> QArray:
     return QArray(values, scale.astype(jnp.float32))
 
 
+_quantize_int8_jit = jax.jit(quantize_int8)
+
+
 def dequantize(q: QArray, dtype=jnp.float32):
     return (q.values.astype(jnp.float32) * q.scale[..., None, :]).astype(dtype)
 
@@ -74,14 +76,15 @@ def quantize_decoder(params, mode: str = "int8"):
     """A decoder's param tree (models/decoder.py) with its Dense kernels as QArrays."""
     if mode not in MODES:
         raise ValueError(f"quantize='{mode}' is not supported; expected one of {MODES}")
-    flat = flatten_dict(params)
-    out = {}
-    for path, w in flat.items():
+
+    def convert(key_path, w):
+        path = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
         if _decoder_kernel(path) and np.ndim(w) >= 2 and not isinstance(w, QArray):
-            out[path] = jax.jit(quantize_int8)(w)  # one layer stack at a time: peak memory ~ one kernel's f32
-        else:
-            out[path] = w
-    return unflatten_dict(out)
+            return _quantize_int8_jit(w)  # one kernel (or layer stack) at a time: peak memory ~ its float32
+        return w
+
+    # Paths through dicts and, for split layers (models/decoder.py `split_layers`), the per-layer tuple.
+    return jax.tree_util.tree_map_with_path(convert, params, is_leaf=lambda x: isinstance(x, QArray))
 
 
 def quantize_params(params, mode: str = "int8", part: str = "videollama2"):

@@ -155,10 +155,14 @@ class Engine:
     # --- device functions --------------------------------------------------------------------------------
     def _init_state(self):
         b, s, v = self.max_batch, self.max_len, self.cfg.vocab_size
-        return {"cache": init_cache(self.cfg, b, s, self.model.dtype), "key_mask": jnp.zeros((b, s), bool),
+        return {"cache": self._cache(b, s), "key_mask": jnp.zeros((b, s), bool),
                 "logits": jnp.zeros((b, v), jnp.float32), "pos": jnp.zeros((b,), jnp.int32),
                 "keys": jnp.zeros((b, 2), jnp.uint32), "temperature": jnp.zeros((b,), jnp.float32),
                 "top_k": jnp.zeros((b,), jnp.int32), "top_p": jnp.ones((b,), jnp.float32)}
+
+    def _cache(self, batch: int, length: int):
+        """An empty KV cache in the model's decode layout (stacked, or one per layer: models/decoder.py)."""
+        return init_cache(self.cfg, batch, length, self.model.dtype, per_layer=self.model.decode_layout != "scan")
 
     def _decode(self, params, **kw):
         return self.model.module.apply({"params": params}, method=VideoLLaMA2.decode, **kw)
@@ -193,13 +197,17 @@ class Engine:
         lp = mask.shape[1]
         n = mask.sum(axis=1).astype(jnp.int32)  # (1,)
         positions = jnp.broadcast_to(jnp.arange(lp, dtype=jnp.int32), (1, lp))
-        small = init_cache(self.cfg, 1, lp, self.model.dtype)
+        small = self._cache(1, lp)
         logits, small = self._decode(params, inputs_embeds=embeds, attention_mask=mask, positions=positions,
                                      cache=small, cache_index=0)
         last = jnp.take_along_axis(logits, (n - 1)[:, None, None], axis=1)[:, 0]  # (1, V)
         keep = min(lp, self.max_len)
-        cache = {name: jax.lax.dynamic_update_slice(state["cache"][name], small[name][:, :, :keep],
-                                                    (0, slot, 0, 0, 0)) for name in ("k", "v")}
+        if isinstance(small, list):  # one (B, S, KVH, hd) pair per layer
+            cache = [{name: jax.lax.dynamic_update_slice(big[name], one[name][:, :keep], (slot, 0, 0, 0))
+                      for name in ("k", "v")} for big, one in zip(state["cache"], small)]
+        else:  # stacked (layers, B, S, KVH, hd)
+            cache = {name: jax.lax.dynamic_update_slice(state["cache"][name], small[name][:, :, :keep],
+                                                        (0, slot, 0, 0, 0)) for name in ("k", "v")}
         row_mask = jnp.arange(self.max_len)[None] < n[:, None]
         upd = lambda x, v: jax.lax.dynamic_update_slice(x, v.astype(x.dtype), (slot,) + (0,) * (x.ndim - 1))
         return dict(state, cache=cache, key_mask=upd(state["key_mask"], row_mask), logits=upd(state["logits"], last),

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from vllama_jax.config import IGNORE_INDEX, MODAL_TOKEN_INDEX
-from vllama_jax.models.sequence import FBANK_FRAMES, MEL_BINS
+from vllama_jax.models.sequence import FBANK_FRAMES, MEL_BINS, batch_layout
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +179,11 @@ def collate(samples: Sequence[dict], buckets: Sequence[int], num_frames: int, im
     """Stack samples into the model's fixed-shape batch (see `vllama_jax/models/videollama2.py`)."""
     b = len(samples)
     length = bucket_length(max(len(s["input_ids"]) for s in samples), buckets)
-    batch = {
-        "input_ids": np.zeros((b, length), np.int32),
-        "attention_mask": np.zeros((b, length), bool),
-        "labels": np.full((b, length), IGNORE_INDEX, np.int32),
-        "video": np.zeros((b, num_frames, 3, image_size, image_size), np.float32),
-        "has_video": np.zeros((b,), bool),
-        "bad": np.array([s["bad"] for s in samples], bool),
-    }
-    if has_audio_tower:
-        batch["audio"] = np.zeros((b,) + AUDIO_SHAPE, np.float32)
-        batch["has_audio"] = np.zeros((b,), bool)
-    # (the layout of vllama_jax.models.sequence.train_batch_shapes, which `plan` compiles for)
+    # The one layout, which `plan` compiles for too.
+    layout = batch_layout(b, length, (num_frames, 3, image_size), has_audio_tower)
+    batch = {name: np.zeros(shape, dtype) for name, (shape, dtype) in layout.items()}
+    batch["labels"][:] = IGNORE_INDEX
+    batch["bad"][:] = [s["bad"] for s in samples]
     video_shape = batch["video"].shape[1:]
     for i, s in enumerate(samples):
         if s["video"] is not None and s["video"].shape != video_shape:

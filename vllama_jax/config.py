@@ -365,6 +365,10 @@ class BEATsConfig:
 VIDEOLLAMA2_MODEL_TYPES = ("videollama2", "videollama2_mistral", "videollama2_mixtral", "videollama2_qwen2")
 
 
+# Frames per video where nothing else says (the original's NUM_FRAMES): the config of a checkpoint, and
+# the processor built without one.
+DEFAULT_NUM_FRAMES = 8
+
 @dataclasses.dataclass(frozen=True)
 class VideoLLaMA2Config:
     """Decoder + vision tower + connector, and for audio-visual models BEATs + audio projector."""
@@ -374,7 +378,7 @@ class VideoLLaMA2Config:
     connector: Optional[ConnectorConfig]
     audio: Optional[BEATsConfig] = None
     audio_projector: Optional[ConnectorConfig] = None
-    num_frames: int = 8
+    num_frames: int = DEFAULT_NUM_FRAMES
     image_aspect_ratio: str = "pad"
     model_type: str = "videollama2_mistral"
     vision_tower_name: Optional[str] = None  # `mm_vision_tower`: a folder or a hub id
@@ -405,7 +409,7 @@ class VideoLLaMA2Config:
         else:
             audio = None
         return cls(decoder=decoder, vision=vision, connector=connector, audio=audio, audio_projector=audio_projector,
-                   num_frames=d.get("num_frames", 8), image_aspect_ratio=d.get("image_aspect_ratio", "pad"),
+                   num_frames=d.get("num_frames", DEFAULT_NUM_FRAMES), image_aspect_ratio=d.get("image_aspect_ratio", "pad"),
                    model_type=model_type, vision_tower_name=d.get("mm_vision_tower"),
                    audio_tower_name=d.get("mm_audio_tower"))
 

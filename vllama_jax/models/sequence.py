@@ -57,20 +57,28 @@ def default_buckets(model_max_length: int) -> Tuple[int, ...]:
     return tuple(sorted({max(model_max_length // 4, 1), max(model_max_length // 2, 1), model_max_length}))
 
 
-def train_batch_shapes(cfg: C.VideoLLaMA2Config, batch: int, text_len: int) -> Dict[str, Tuple[tuple, Any]]:
+def batch_layout(batch: int, text_len: int, video: Optional[Tuple[int, int, int]] = None,
+                 audio: bool = False) -> Dict[str, Tuple[tuple, Any]]:
     """{name: (shape, dtype)} of a training batch (what data_pipelines' `collate` fills and the train step
-    takes): text (B, L) padded right, every sample's video slot (images repeated), audio when the model
-    has an audio tower, and `bad` rows (skipped by the loss)."""
+    takes): text (B, L) padded right, every sample's video slot (images repeated) when `video` =
+    (num_frames, channels, image_size) is given, the fbank when `audio`, and `bad` rows (skipped by the loss)."""
     shapes = {"input_ids": ((batch, text_len), np.int32), "attention_mask": ((batch, text_len), np.bool_),
               "labels": ((batch, text_len), np.int32), "bad": ((batch,), np.bool_)}
-    if cfg.vision is not None:
-        v = cfg.vision
-        shapes["video"] = ((batch, cfg.num_frames, v.num_channels, v.image_size, v.image_size), np.float32)
+    if video is not None:
+        frames, channels, size = video
+        shapes["video"] = ((batch, frames, channels, size, size), np.float32)
         shapes["has_video"] = ((batch,), np.bool_)
-    if cfg.audio is not None:
+    if audio:
         shapes["audio"] = ((batch, FBANK_FRAMES, MEL_BINS), np.float32)
         shapes["has_audio"] = ((batch,), np.bool_)
     return shapes
+
+
+def train_batch_shapes(cfg: C.VideoLLaMA2Config, batch: int, text_len: int) -> Dict[str, Tuple[tuple, Any]]:
+    """`batch_layout` of model `cfg`: video when it has a vision tower, audio when it has an audio tower."""
+    v = cfg.vision
+    return batch_layout(batch, text_len, None if v is None else (cfg.num_frames, v.num_channels, v.image_size),
+                        cfg.audio is not None)
 
 
 def pad_text_to(batch: Dict[str, np.ndarray], length: int) -> Dict[str, np.ndarray]:

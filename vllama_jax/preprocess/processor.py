@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vllama_jax.config import DEFAULT_NUM_FRAMES
 from vllama_jax.preprocess import image as image_ops
 from vllama_jax.preprocess import video as video_ops
 from vllama_jax.preprocess.image import KNOWN_PROCESSORS, ImageProcessorConfig
@@ -30,7 +31,7 @@ ASPECT_RATIOS = (None, "square", "pad")
 class Processor:
     """Pre-processing of one vision tower: frame sampling, optional padding to square, resize, normalise."""
 
-    def __init__(self, config: ImageProcessorConfig, num_frames: Optional[int] = 8,
+    def __init__(self, config: ImageProcessorConfig, num_frames: Optional[int] = DEFAULT_NUM_FRAMES,
                  aspect_ratio: Optional[str] = None):
         """`num_frames=None` samples one frame a second, as the original does then (up to 32 frames)."""
         if aspect_ratio not in ASPECT_RATIOS:
@@ -42,7 +43,8 @@ class Processor:
         self.aspect_ratio = "pad" if aspect_ratio == "pad" else None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, num_frames: Optional[int] = 8, aspect_ratio: Optional[str] = None) -> "Processor":
+    def from_pretrained(cls, name_or_path: str, num_frames: Optional[int] = DEFAULT_NUM_FRAMES,
+                        aspect_ratio: Optional[str] = None) -> "Processor":
         """From a vision tower folder (its `preprocessor_config.json`), a VideoLLaMA 2 checkpoint folder
         (the tower its `config.json` names in `mm_vision_tower`), or a known hub id (built in)."""
         return cls(_find_config(os.fspath(name_or_path)), num_frames=num_frames, aspect_ratio=aspect_ratio)

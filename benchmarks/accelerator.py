@@ -97,23 +97,16 @@ def decode_sizes(quick: bool):
 
 def torch_decoder(cfg, device: str, seed: int = 0):
     """A transformers Qwen2/Mistral causal LM in bfloat16 on `device`, weights ~ N(0, 1/fan_in), norms ~ 1,
-    biases small (drawn on the device: a 7B model drawn on the host takes minutes)."""
+    biases small (`cases.randomize_`, drawn on the device)."""
     import torch
     import transformers
+
+    from benchmarks.cases import randomize_
     hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa",
                                                               dtype=torch.bfloat16).eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, device=device, dtype=torch.float32)
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / float(np.prod(p.shape[1:])) ** 0.5)
+    randomize_(model, seed, device)
     return model
 
 

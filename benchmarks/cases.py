@@ -160,12 +160,13 @@ def _max_abs_diff(ours, ref) -> dict:
 
 # --- building the pair ---------------------------------------------------------------------------------------
 
-def randomize_(model: torch.nn.Module, seed: int = 0):
-    """Norm scales around 1, biases small but non-zero, weights ~ N(0, 1 / fan_in)."""
-    gen = torch.Generator().manual_seed(seed)
+def randomize_(model: torch.nn.Module, seed: int = 0, device: str = "cpu"):
+    """Norm scales around 1, biases small but non-zero, weights ~ N(0, 1 / fan_in); drawn on `device`
+    (where the model is: a 7B model drawn on the host takes minutes)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
+            noise = torch.randn(p.shape, generator=gen, device=device, dtype=torch.float32)
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * noise)
             elif p.ndim == 1:

@@ -24,41 +24,23 @@ from typing import Dict
 
 import numpy as np
 
+from data_pipelines.mp4 import write_mp4
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 70, 220)}
 TONES = {"red": 330.0, "green": 550.0, "blue": 880.0}  # Hz: each colour sounds different
 DONE = "DONE"
 
 
 def write_video(path: str, colour: str, seconds: float = 2.0, fps: int = 8, size: int = 64, sound: bool = True):
-    import av
     rgb = np.array(COLOURS[colour], np.uint8)
-    with av.open(path, "w") as container:
-        vstream = container.add_stream("mpeg4", rate=fps)
-        vstream.width = vstream.height = size
-        vstream.pix_fmt = "yuv420p"
-        astream = container.add_stream("aac", rate=16000, layout="mono") if sound else None
-        n = int(seconds * fps)
-        for t in range(n):
-            frame = np.full((size, size, 3), 128, np.uint8)
-            x = int((size - 24) * t / max(n - 1, 1))
-            frame[20:44, x:x + 24] = rgb
-            for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
-        if astream is not None:
-            wave = tone(TONES[colour], seconds)
-            chunk = 1024  # the AAC encoder's frame size
-            for i in range(0, len(wave), chunk):
-                part = np.zeros((1, chunk), np.float32)
-                piece = wave[i:i + chunk]
-                part[0, :len(piece)] = piece
-                frame = av.AudioFrame.from_ndarray(part, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = 16000, i
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
+    frames = []
+    n = int(seconds * fps)
+    for t in range(n):
+        frame = np.full((size, size, 3), 128, np.uint8)
+        x = int((size - 24) * t / max(n - 1, 1))
+        frame[20:44, x:x + 24] = rgb
+        frames.append(frame)
+    write_mp4(path, frames, fps, tone(TONES[colour], seconds) if sound else None, 16000)
 
 
 def tone(freq: float, seconds: float, rate: int = 16000) -> np.ndarray:

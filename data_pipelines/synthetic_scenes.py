@@ -26,6 +26,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from data_pipelines.mp4 import write_mp4
+
 SIZE = 40  # px, square frames
 FPS = 8
 SECONDS = 2.0
@@ -200,29 +202,5 @@ def render_sound(scene: Scene) -> np.ndarray:
 
 def write_clip(path: str, scene: Scene) -> None:
     """The scene as an mp4: mpeg4 video (near-lossless at this size) and an AAC mono 16 kHz track."""
-    import av
-
-    frames = render_frames(scene)
-    wave = render_sound(scene)
-    with av.open(path, "w") as container:
-        vstream = container.add_stream("mpeg4", rate=FPS)
-        vstream.width = vstream.height = SIZE
-        vstream.pix_fmt = "yuv420p"
-        vstream.bit_rate = 2_000_000  # tiny frames: a high rate keeps colours and edges intact
-        astream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-        for frame in frames:
-            for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
-        chunk = 1024  # the AAC encoder's frame size
-        for i in range(0, len(wave), chunk):
-            part = np.zeros((1, chunk), np.float32)
-            piece = wave[i:i + chunk]
-            part[0, :len(piece)] = piece
-            frame = av.AudioFrame.from_ndarray(part, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = SAMPLE_RATE, i
-            for packet in astream.encode(frame):
-                container.mux(packet)
-        for packet in astream.encode():
-            container.mux(packet)
+    # Tiny frames: a high bit rate keeps colours and edges intact.
+    write_mp4(path, render_frames(scene), FPS, render_sound(scene), SAMPLE_RATE, bit_rate=2_000_000)

@@ -36,6 +36,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vllama_jax import config as C
+from vllama_jax.devices import peak_flops
+from vllama_jax.loading import Part, decoder_module, decoder_params
+from vllama_jax.models.decoder import split_layers
+from vllama_jax.models.sequence import dummy_batch, train_batch_shapes
+from vllama_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, shard_batch, use_mesh
+from vllama_jax.train.config import load_train_config
+from vllama_jax.train.loop import train_program
+from vllama_jax.train.state import initial_params, new_state
+
 from benchmarks.timing import compile_jax, environment, round_robin
 
 
@@ -87,7 +97,7 @@ def device_limits(quick: bool) -> dict:
 # --- decode ----------------------------------------------------------------------------------------------------
 
 def decode_sizes(quick: bool):
-    from benchmarks.cases import bench_decoder
+    from benchmarks.cases import bench_decoder  # local: cases imports torch at the top
     if quick:
         return {"tiny": bench_decoder("qwen2", 512, 64, 2, 4, 2)}
     one_b = bench_decoder("qwen2", 32000, 2048, 18, 16, 4)
@@ -101,7 +111,7 @@ def torch_decoder(cfg, device: str, seed: int = 0):
     import torch
     import transformers
 
-    from benchmarks.cases import randomize_
+    from benchmarks.cases import randomize_  # local: cases imports torch at the top
     hf_cfg = transformers.AutoConfig.for_model(**cfg.to_hf_config())
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa",
@@ -116,8 +126,6 @@ def our_decoder(cfg, model):
     import ml_dtypes
     import torch
 
-    from vllama_jax.loading import Part, decoder_module, decoder_params
-
     state = {k: v.detach().view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)
              for k, v in model.state_dict().items()}
     module = decoder_module(cfg, dtype=jnp.bfloat16)
@@ -131,9 +139,7 @@ def layouts_case(name, cfg, batch: int, new_tokens: int, bandwidth: float, layou
     """Our decode alone (random bfloat16 weights drawn on the device, no PyTorch) in several layouts:
     "scan" (the stacked layers under nn.scan), "unrolled" (per-layer cache, slices of the stack), "split"
     (per-layer cache, each layer's weights a buffer of their own: `decoder.split_layers`)."""
-    from benchmarks.cases import decode_weight_bytes, our_generate
-    from vllama_jax.loading import Part, decoder_module
-    from vllama_jax.models.decoder import split_layers
+    from benchmarks.cases import decode_weight_bytes, our_generate  # local: cases imports torch at the top
 
     module = decoder_module(cfg, dtype=jnp.bfloat16)
     init = jax.jit(lambda k: jax.tree_util.tree_map(lambda a: (a * 0.02).astype(jnp.bfloat16), nn_unbox(
@@ -172,7 +178,7 @@ LAYOUTS = ("scan", "split")
 def decode_case(name, cfg, hf, ours, batch: int, new_tokens: int, bandwidth: float, device: str, repeats: int):
     import torch
 
-    from benchmarks.cases import decode_weight_bytes, our_generate
+    from benchmarks.cases import decode_weight_bytes, our_generate  # local: cases imports torch at the top
 
     prompt = 16
     ids = np.random.default_rng(4).integers(3, cfg.vocab_size, (batch, prompt)).astype(np.int32)
@@ -180,7 +186,6 @@ def decode_case(name, cfg, hf, ours, batch: int, new_tokens: int, bandwidth: flo
     args = (jnp.asarray(ids), jnp.asarray(mask))
     ids_t = torch.from_numpy(ids.astype(np.int64)).to(device)
     mask_t = torch.from_numpy(mask.astype(np.int64)).to(device)
-    from vllama_jax.models.decoder import split_layers
     fns, compile_s = {}, {}
     for layout in LAYOUTS:
         part = dataclasses.replace(ours, params=split_layers(ours.params)) if layout == "split" else ours
@@ -212,14 +217,6 @@ def decode_case(name, cfg, hf, ours, batch: int, new_tokens: int, bandwidth: flo
 # --- train ------------------------------------------------------------------------------------------------------
 
 def train_case(quick: bool, batch: int, text_len: int, steps: int) -> dict:
-    from vllama_jax import config as C
-    from vllama_jax.devices import peak_flops
-    from vllama_jax.models.sequence import train_batch_shapes
-    from vllama_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, shard_batch, use_mesh
-    from vllama_jax.train.config import load_train_config
-    from vllama_jax.train.loop import train_program
-    from vllama_jax.train.state import initial_params, new_state
-
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     overrides = ["init.parts={}", "mesh={data: -1, fsdp: 1, tensor: 1}", f"train.global_batch_size={batch}",
                  "train.steps=100"]
@@ -229,7 +226,6 @@ def train_case(quick: bool, batch: int, text_len: int, steps: int) -> dict:
     model_cfg = cfg.model.resolve()
     mesh = make_mesh(cfg.mesh.axes())
     program = train_program(cfg, model_cfg, mesh, 100)
-    from vllama_jax.models.sequence import dummy_batch
     with use_mesh(mesh, LOGICAL_AXIS_RULES):
         params = initial_params(cfg.init, program.model, dummy_batch(model_cfg), program.boxed, mesh, 0)
         state = new_state(params, program.tx, program.shardings, 0)
@@ -327,7 +323,7 @@ def table(result: dict) -> str:
 def run_decode(name, cfg, a, result, device, new_tokens, repeats, save):
     import torch
 
-    from benchmarks.cases import quiet_transformers
+    from benchmarks.cases import quiet_transformers  # local: cases imports torch at the top
     with quiet_transformers():
         t0 = time.perf_counter()
         hf = torch_decoder(cfg, device)

@@ -10,6 +10,11 @@ checkpoint and the SAME inputs, in one process.
     decode    HF generate(), greedy                          vs  our generate, float32 and int8 weights
               at real sizes (374M, 1B): tokens/s, and the fraction of the machine's memory bandwidth used
               (weight bytes read per step x steps/s over the copy bandwidth measured in the same run)
+    video     the whole model on a 16-frame video prompt: HF CLIPVisionModel -> timm RegStage STC ->
+              HF Qwen2ForCausalLM (torch_reference.py)       vs  our VideoLLaMA2 forward
+              ids (B, L) + video (B, 16, 3, H, W) -> logits (B, L - 1 + Nv, V)
+    train     one fine-tune step of that model (connector + decoder train, the tower frozen): loss,
+              backward, gradient clipping, AdamW            vs  our train step (vllama_jax/train/step.py)
 
 Each reference gets random weights, is written with `save_pretrained`, and ours is read from that folder
 by `vllama_jax.load`, so the released key names and our loader are part of what runs. The weights are
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -34,11 +40,21 @@ import torch
 import transformers
 
 import vllama_jax
-from vllama_jax.config import DecoderConfig, VisionConfig
+from vllama_jax.checkpoints.release import read_release
+from vllama_jax.config import (IGNORE_INDEX, VIDEO_TOKEN_INDEX, ConnectorConfig, DecoderConfig, VideoLLaMA2Config,
+                               VisionConfig)
 from vllama_jax.generate import generate_from_embeds
+from vllama_jax.loading import abstract_params
 from vllama_jax.models.decoder import Decoder, init_cache, unrolled_decode
+from vllama_jax.models.sequence import dummy_batch, video_tokens
+from vllama_jax.models.videollama2 import VideoLLaMA2
+from vllama_jax.quantize import quantize_params
+from vllama_jax.train.config import OptimizerSection
+from vllama_jax.train.optimizer import lr_schedule, make_optimizer, trainable_mask
+from vllama_jax.train.step import make_train_step
 
 from benchmarks.timing import Timing, compile_jax, copy_bandwidth, round_robin, side_by_side
+from benchmarks.torch_reference import TorchSTC, TorchVideoLLaMA2, release_state_dict
 
 
 @contextlib.contextmanager
@@ -103,6 +119,17 @@ class Sizes:
     decode_batches: Tuple[int, ...] = (1, 8)
     decode_prompt_len: int = 16
     decode_new_tokens: int = 32
+    video: Optional[VideoLLaMA2Config] = None  # the whole model of the video and train cases
+    video_batch: int = 1
+    video_text: int = 64  # text tokens of the prompt (the placeholder included) and answer
+    train_batch: int = 2
+
+
+def video_model(vision: VisionConfig, decoder: DecoderConfig, frames: int = 16) -> VideoLLaMA2Config:
+    """A video VideoLLaMA 2 of these parts with the STC connector (VideoLLaMA2-7B-16F's structure)."""
+    return VideoLLaMA2Config(decoder=decoder, vision=vision,
+                             connector=ConnectorConfig("stc_connector", vision.hidden_size, decoder.hidden_size),
+                             num_frames=frames, model_type="videollama2_qwen2", vision_tower_name="clip")
 
 
 # Small but not tiny: every shape runs in about a second or less on a 2-core CPU.
@@ -111,7 +138,9 @@ FULL = Sizes(
     generate_families=("mistral", "qwen2"),
     prefill_shapes=((1, 128), (1, 512), (4, 128), (4, 512)),
     generate_batches=(1, 4), prompt_len=128, new_tokens=32,
-    vision=bench_clip(224, 384, 4, 6), frames=8, decode=decode_sizes(False))
+    vision=bench_clip(224, 384, 4, 6), frames=8, decode=decode_sizes(False),
+    # CLIP ViT-B/14 at 224 px (16 x 16 patches, 86M), 16 frames -> 512 video tokens, a 4 x 512 Qwen2 decoder.
+    video=video_model(bench_clip(224, 768, 12, 12), bench_decoder("qwen2", 8192, 512, 4, 8, 2)))
 # The smallest sizes that still take every code path: for the test suite. Generation is the slowest
 # program to compile (the decoder twice, prefill and loop body), so it runs for one family only.
 QUICK = Sizes(
@@ -119,7 +148,8 @@ QUICK = Sizes(
     generate_families=("qwen2",),
     prefill_shapes=((1, 16),), generate_batches=(1,), prompt_len=16, new_tokens=4,
     vision=bench_clip(56, 32, 2, 4), frames=8, decode=decode_sizes(True), decode_batches=(1,), decode_prompt_len=8,
-    decode_new_tokens=4)
+    decode_new_tokens=4, video=video_model(bench_clip(56, 32, 2, 4), bench_decoder("qwen2", 512, 64, 2, 4, 2)),
+    video_text=16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +218,6 @@ def decoder_pair(cfg: DecoderConfig, folder: str, runner: Runner):
 def int8_part(part):
     """The same loaded decoder with int8 weights: what `vllama_jax.load(folder, quantize="int8")` returns,
     quantized from the float32 params already in memory (a second load would hold a third copy of a 1B model)."""
-    from vllama_jax.quantize import quantize_params
     return dataclasses.replace(part, params=quantize_params(part.params, "int8", part="decoder"))
 
 
@@ -337,3 +366,120 @@ def decode(hf, ours, ours_int8, size: str, batch: int, prompt_len: int, new_toke
                 copy_bandwidth_bytes_per_s=bandwidth,
                 bandwidth_fraction={"jax": frac(f32_bytes, ours_t), "torch": frac(f32_bytes, ref_t),
                                     "jax_int8": frac(int8_bytes, int8_t)})
+
+
+# --- the whole model: a 16-frame video prompt, and one fine-tune step ------------------------------------------
+
+@dataclasses.dataclass
+class VideoPair:
+    """The PyTorch reference and our model with the same weights (ours read from the reference's tensors
+    under the release names, through the table `vllama_jax.load` reads)."""
+
+    ref: TorchVideoLLaMA2
+    config: VideoLLaMA2Config
+    module: VideoLLaMA2
+    params: dict
+
+
+def video_pair(cfg: VideoLLaMA2Config, runner: Runner) -> VideoPair:
+    torch.manual_seed(0)
+    tower = transformers.AutoModel.from_config(transformers.AutoConfig.for_model(**cfg.vision.to_hf_config()),
+                                               attn_implementation="sdpa")
+    lm = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(**cfg.decoder.to_hf_config()), attn_implementation="sdpa")
+    ref = TorchVideoLLaMA2(tower, TorchSTC(cfg.connector.type, cfg.connector.in_dim, cfg.connector.out_dim), lm,
+                           select_layer=cfg.vision.select_layer)
+    randomize_(ref)
+    state = {k: v.detach().numpy() for k, v in release_state_dict(ref).items()}
+    module = VideoLLaMA2(cfg)
+    params, _ = read_release(cfg, state, abstract_params(module, dummy_batch(cfg)), "the bench's reference")
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return VideoPair(ref.to(runner.torch_device).eval(), cfg, module, params)
+
+
+def video_inputs(pair: VideoPair, batch: int, text: int, seed: int = 5) -> dict:
+    """A prompt of `text` tokens with the video placeholder at column 4, its second half the answer."""
+    c = pair.config
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, c.decoder.vocab_size, (batch, text)).astype(np.int32)
+    ids[:, 4] = VIDEO_TOKEN_INDEX
+    labels = np.where(np.arange(text)[None] >= text // 2, ids, IGNORE_INDEX).astype(np.int32)
+    v = c.vision
+    video = rng.standard_normal((batch, c.num_frames, v.num_channels, v.image_size, v.image_size)).astype(np.float32)
+    return {"input_ids": ids, "attention_mask": np.ones((batch, text), bool), "labels": labels, "video": video,
+            "placeholder": 4}
+
+
+def video_prefill(pair: VideoPair, batch: int, text: int, runner: Runner) -> dict:
+    """Logits of a whole video prompt: tower, connector, splice and decoder, no cache."""
+    x = video_inputs(pair, batch, text)
+    ids_t, video_t = runner.tensor(x["input_ids"].astype(np.int64)), runner.tensor(x["video"])
+
+    def run(params, ids, mask, video):
+        return pair.module.apply({"params": params}, {"input_ids": ids, "attention_mask": mask, "video": video})["logits"]
+
+    args = (pair.params, jnp.asarray(x["input_ids"]), jnp.asarray(x["attention_mask"]), jnp.asarray(x["video"]))
+    ours_t, logits, ref_t, ref = runner.compare(run, args,
+                                                lambda: pair.ref(ids_t, x["placeholder"], video_t).logits)
+    c = pair.config
+    return _row(f"video b{batch} {c.num_frames}f x {c.vision.image_size}px", "video",
+                {"family": c.decoder.family, "batch": batch, "seq": int(logits.shape[1]), "frames": c.num_frames},
+                ours_t, ref_t, {"of": "logits", **_max_abs_diff(logits, ref.float().cpu().numpy())})
+
+
+def train_step(pair: VideoPair, batch: int, text: int, runner: Runner) -> dict:
+    """One `video_finetune` step on the same batch: ours is the train code's step (jitted, state donated),
+    PyTorch's the same work written plainly (forward with the tower under no_grad, mean token
+    cross-entropy, backward, clip to norm 1, AdamW). Agreement: the first step's loss and gradient norm,
+    on identical weights; the later steps keep updating both models."""
+    x = video_inputs(pair, batch, text, seed=6)
+    section = OptimizerSection(trainable=("connector", "decoder"), learning_rate=1e-5, warmup_ratio=0.0)
+    mask = trainable_mask(pair.params, section.trainable)
+    tx = make_optimizer(section, 1000, mask)
+    step = make_train_step(pair.module, tx, mask, lr_schedule(section.learning_rate, 1000, 0.0))
+    state = {"params": pair.params, "opt_state": tx.init(pair.params), "step": jnp.int32(0),
+             "rng": jax.random.PRNGKey(0), "bad_samples": jnp.int32(0)}
+    jbatch = {k: jnp.asarray(x[k]) for k in ("input_ids", "attention_mask", "labels", "video")}
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, jbatch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def ours():
+        holder["state"], metrics = compiled(holder["state"], jbatch)
+        return metrics
+
+    ref = pair.ref
+    ref.train()
+    trainable = [p for n, p in ref.named_parameters() if not n.startswith("tower.")]
+    opt = torch.optim.AdamW(trainable, lr=section.learning_rate, betas=(section.b1, section.b2), eps=section.eps,
+                            weight_decay=section.weight_decay)
+    ids_t, video_t = runner.tensor(x["input_ids"].astype(np.int64)), runner.tensor(x["video"])
+    labels_t = runner.tensor(x["labels"].astype(np.int64))
+
+    def torch_step():
+        with torch.inference_mode(False), torch.enable_grad():
+            opt.zero_grad(set_to_none=True)
+            loss = ref(ids_t, x["placeholder"], video_t, labels=labels_t).loss
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(trainable, section.max_grad_norm)
+            opt.step()
+        return loss.detach(), norm
+
+    # The first step of each side on the same weights: the agreement figures.
+    first = jax.device_get(ours())
+    first_ref = [float(v) for v in torch_step()]
+    timed = round_robin({"jax": ours, "torch": torch_step}, warmup=runner.warmup, repeats=runner.repeats,
+                        sync=runner.sync)
+    (ours_t, _), (ref_t, _) = timed["jax"], timed["torch"]
+    ours_t.compile_s = compile_s
+    ref.eval()
+    c = pair.config
+    loss, norm = float(first["loss"]), float(first["grad_norm"])
+    return _row(f"train b{batch} {c.num_frames}f x {c.vision.image_size}px", "train",
+                {"family": c.decoder.family, "batch": batch, "seq": int(x["input_ids"].shape[1]) - 1 +
+                 video_tokens(c), "frames": c.num_frames}, ours_t, ref_t,
+                {"of": "first step loss and grad norm", "max_abs_diff": abs(loss - first_ref[0]),
+                 "ref_max_abs": abs(first_ref[0]), "loss": [loss, first_ref[0]], "grad_norm": [norm, first_ref[1]],
+                 "grad_norm_rel_diff": abs(norm - first_ref[1]) / max(abs(first_ref[1]), 1e-12)},
+                params_trainable=int(sum(p.numel() for p in trainable)))

@@ -17,10 +17,11 @@ import json
 import sys
 import time
 
+from data_pipelines.from_config import train_data
+from vllama_jax.train.config import load_train_config, replace_section
+
 
 def measure(cfg, workers: int, batches: int, warmup: int) -> dict:
-    from data_pipelines.from_config import train_data
-    from vllama_jax.train.config import replace_section
     cfg = replace_section(cfg, "data", worker_count=workers)
     data = train_data(cfg, cfg.model.resolve())
     it = data.iterator()
@@ -52,7 +53,6 @@ def main(argv=None) -> int:
     from absl import flags
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
-    from vllama_jax.train.config import load_train_config
     cfg = load_train_config(args.config, args.set)
     results = []
     for w in args.workers:

@@ -3,7 +3,7 @@
 bench.json:
     {"env": {device_kind, platform, versions, thread counts, ...},
      "settings": {"quick", "dtype", "warmup", "repeats", "sizes"},
-     "results": [{"name", "kind" (prefill | generate | vision), "family", "batch", "seq",
+     "results": [{"name", "kind" (prefill | generate | vision | decode | video | train), "family", "batch", "seq",
                   "jax": {"median_s", "min_s", "runs_s", "compile_s"}, "torch": {"median_s", "min_s", "runs_s"},
                   "ratio": jax median / torch median, "agreement": {...},
                   "load_1min": the machine's load average when the case ended}, ...],
@@ -13,6 +13,9 @@ Decode rows ("kind": "decode") add: "size", "new_tokens", "params", "jax_int8" (
 side ("jax_tokens_per_s", "torch_tokens_per_s", "int8_tokens_per_s", from each side's fastest run),
 "speedup_vs_torch", "int8_speedup_vs_float32", "weight_bytes_per_step", "copy_bandwidth_bytes_per_s" and
 "bandwidth_fraction" {"jax", "torch", "jax_int8"} (weight bytes read per step x steps/s / copy bandwidth).
+Whole-model rows ("video": a 16-frame prompt's logits; "train": one fine-tune step) add "frames"; the
+train row's agreement holds both sides' first-step "loss" and "grad_norm" [ours, PyTorch], and
+"params_trainable".
 
 bench.png: one bar per case of the time ratio (log scale, a line at 1: left of it we are faster),
 annotated with both medians; with decode cases, a second panel of the memory-bandwidth fraction of each
@@ -25,7 +28,8 @@ import math
 import os
 from typing import List
 
-KIND_COLOURS = {"prefill": "tab:blue", "generate": "tab:orange", "vision": "tab:green", "decode": "tab:red"}
+KIND_COLOURS = {"prefill": "tab:blue", "generate": "tab:orange", "vision": "tab:green", "decode": "tab:red",
+                "video": "tab:purple", "train": "tab:brown"}
 
 
 def geomean(xs: List[float]) -> float:
@@ -62,8 +66,8 @@ def table(report: dict) -> str:
                      + _agreement_text(r["agreement"]))
     decode = [r for r in report["results"] if r["kind"] == "decode"]
     if decode:
-        lines += ["", f"decode (tokens/s from each side's fastest run; bandwidth = weight bytes read per step x "
-                      f"steps/s / copy bandwidth)",
+        lines += ["", "decode (tokens/s from each side's fastest run; bandwidth = weight bytes read per step x "
+                      "steps/s / copy bandwidth)",
                   f"{'case':<24} {'params':>7} {'ours':>8} {'torch':>8} {'x torch':>8} {'int8':>8} {'int8/f32':>8} "
                   f"{'bw ours':>8} {'bw int8':>8} {'bw torch':>8} {'copy GB/s':>9} {'load':>5}  agreement"]
         for r in decode:

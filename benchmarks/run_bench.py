@@ -5,8 +5,11 @@ PyTorch reference (transformers), same checkpoint, same inputs, same process, sa
         writes out_dir/bench.json and out_dir/bench.png (see report.py) and prints a table.
 
 Cases (cases.py): decoder prefill (Mistral and Qwen2 at batch 1 and 4 x 128 and 512 tokens), greedy
-generation (32 new tokens after a 128-token prompt), the CLIP vision tower on 8 frames, and decode at real
-sizes (4 x 256, 374M, 1B Qwen2 decoders; batch 1 and 8; float32 and int8 weights; memory-bandwidth fraction).
+generation (32 new tokens after a 128-token prompt), the CLIP vision tower on 8 frames, decode at real
+sizes (4 x 256, 374M, 1B Qwen2 decoders; batch 1 and 8; float32 and int8 weights; memory-bandwidth
+fraction), and the whole model (CLIP tower, STC connector, Qwen2 decoder) on a 16-frame video prompt:
+its prefill and one fine-tune train step, against a PyTorch VideoLLaMA 2 of transformers' and timm's
+parts (torch_reference.py).
 `quick` uses the smallest sizes (for the test suite, a few seconds per case).
 
 Also runnable as a script from a checkout: `python benchmarks/run_bench.py --out DIR [--quick]`.
@@ -20,7 +23,12 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-KINDS = ("prefill", "generate", "vision", "decode")
+from vllama_jax import cli
+
+from benchmarks import report
+from benchmarks.timing import environment
+
+KINDS = ("prefill", "generate", "vision", "decode", "video", "train")
 
 
 def _torch_device() -> str:
@@ -37,8 +45,7 @@ def run(out_dir: str, quick: bool = False, warmup: Optional[int] = None, repeats
         only: Optional[Sequence[str]] = None, log=print, decode_sizes: Optional[Sequence[str]] = None) -> dict:
     import jax
 
-    from benchmarks import cases, report
-    from benchmarks.timing import environment
+    from benchmarks import cases  # local: cases imports torch at the top (a test extra)
 
     sizes = cases.QUICK if quick else cases.FULL
     if decode_sizes:
@@ -100,6 +107,16 @@ def run(out_dir: str, quick: bool = False, warmup: Optional[int] = None, repeats
             log(f"clip: {v.image_size}px, hidden {v.hidden_size}, {v.num_layers} layers")
             hf, ours = cases.vision_pair(v, os.path.join(tmp, "clip"), runner)
             record(cases.vision(hf, ours, sizes.frames, runner))
+        if {"video", "train"} & set(kinds):
+            c = sizes.video
+            log(f"whole model: {c.num_frames} frames of {c.vision.image_size}px, CLIP hidden {c.vision.hidden_size} x "
+                f"{c.vision.num_layers}, {c.connector.type}, decoder hidden {c.decoder.hidden_size} x "
+                f"{c.decoder.num_layers}")
+            pair = cases.video_pair(c, runner)
+            if "video" in kinds:
+                record(cases.video_prefill(pair, sizes.video_batch, sizes.video_text, runner))
+            if "train" in kinds:  # last: it updates the pair's weights
+                record(cases.train_step(pair, sizes.train_batch, sizes.video_text, runner))
 
     result = {
         # Other processes on the machine move the figures: the load average says whether there were any.
@@ -126,6 +143,4 @@ def _sizes_json(sizes) -> dict:
 
 
 if __name__ == "__main__":
-    from vllama_jax.cli import main
-
-    sys.exit(main(["bench"] + sys.argv[1:]))
+    sys.exit(cli.main(["bench"] + sys.argv[1:]))

@@ -30,6 +30,8 @@ import threading
 import time
 from typing import List, Optional
 
+import vllama_jax
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_MODEL = os.path.join(ROOT, "tests", "data", "fixtures", "av_qwen2_clip_stc")
@@ -125,8 +127,6 @@ def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests
         max_batch: int = 8, max_len: Optional[int] = 256, max_context: Optional[int] = None, decode_steps: int = 1,
         log=print) -> dict:
     import httpx
-
-    import vllama_jax
 
     os.makedirs(out_dir, exist_ok=True)
     load_before = os.getloadavg()[0]

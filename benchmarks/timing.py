@@ -22,6 +22,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import jax
 
+from vllama_jax.devices import peak_flops
+
 
 @dataclasses.dataclass
 class Timing:
@@ -138,8 +140,6 @@ def environment(torch_device: str) -> dict:
     import numpy
     import torch
     import transformers
-
-    from vllama_jax.devices import peak_flops
 
     dev = jax.devices()[0]
     try:

@@ -59,7 +59,7 @@ def state_lower_bound(cfg) -> int:
 
 
 def cell(preset: str, phase: str, family: str, out_dir: str, max_chips: int) -> dict:
-    from vllama_jax.commands.plan import phase_config_path
+    from vllama_jax.train.config import phase_config_path
     from vllama_jax.devices import device_spec
     from vllama_jax.train.config import load_train_config
     from vllama_jax.train.plan import plan_phase, topology_devices

@@ -37,7 +37,7 @@ def test_environment_is_recorded(bench):
 def test_every_kind_of_case_ran(bench):
     results = bench[1]["results"]
     kinds = {r["kind"] for r in results}
-    assert kinds == {"prefill", "generate", "vision", "decode"}
+    assert kinds == {"prefill", "generate", "vision", "decode", "video", "train"}
     assert {r["family"] for r in results if r["kind"] == "prefill"} == {"mistral", "qwen2"}
 
 
@@ -51,7 +51,8 @@ def test_times_and_ratios(bench):
         jax_median, torch_median = np.median(r["jax"]["runs_s"]), np.median(r["torch"]["runs_s"])
         assert r["jax"]["median_s"] == pytest.approx(jax_median) and r["torch"]["median_s"] == pytest.approx(torch_median)
         assert r["ratio"] == pytest.approx(jax_median / torch_median)
-    assert set(bench[1]["summary"]["geomean_ratio"]) == {"prefill", "generate", "vision", "decode", "all"}
+    assert set(bench[1]["summary"]["geomean_ratio"]) == {"prefill", "generate", "vision", "decode", "video", "train",
+                                                             "all"}
 
 
 def test_outputs_agree_with_pytorch(bench):
@@ -62,6 +63,21 @@ def test_outputs_agree_with_pytorch(bench):
         else:
             assert a["max_abs_diff"] < TOL, (r["name"], a)
             assert a["ref_max_abs"] > 0.1, (r["name"], a)  # outputs of a real scale, not all near zero
+
+
+def test_whole_model_cases_agree_with_the_pytorch_videollama2(bench):
+    """The 16-frame video prompt through tower, STC connector and decoder, and one fine-tune step of it,
+    against transformers' CLIP and Qwen2 with timm's RegStage (benchmarks/torch_reference.py)."""
+    rows = {r["kind"]: r for r in bench[1]["results"] if r["kind"] in ("video", "train")}
+    video, train = rows["video"], rows["train"]
+    assert video["frames"] == train["frames"] == 16
+    assert video["seq"] > bench[1]["settings"]["sizes"]["video_text"]  # the video tokens are spliced in
+    assert video["agreement"]["of"] == "logits" and video["agreement"]["max_abs_diff"] < TOL
+    loss, ref_loss = train["agreement"]["loss"]
+    assert abs(loss - ref_loss) < TOL * abs(ref_loss) and ref_loss > 1.0  # random weights: a real loss
+    norm, ref_norm = train["agreement"]["grad_norm"]
+    assert abs(norm - ref_norm) < TOL * ref_norm and ref_norm > 0.1
+    assert train["params_trainable"] > 0
 
 
 def test_decode_rows_report_rates_and_bandwidth(bench):

@@ -1,7 +1,8 @@
 """Connectors (`mm_projector_type`) and the MLP projector against PyTorch references.
 
-References are assembled here from timm's `RegStage` (norm LayerNorm2d, act SiLU), torch's Conv3d /
-AvgPool3d / SiLU / Linear / GELU, with the original's structure written out independently; their
+References are assembled from timm's `RegStage` (norm LayerNorm2d, act SiLU), torch's Conv3d /
+AvgPool3d / SiLU / Linear / GELU, with the original's structure written out independently
+(benchmarks/torch_reference.py, which the bench's whole-model reference uses too); their
 random state dicts go through OUR key map. The fixtures check the STC connector against the outputs
 of the original VideoLLaMA 2 code.
 """
@@ -14,50 +15,13 @@ import pytest
 import torch
 from flax import linen as nn
 from safetensors.numpy import load_file
-from timm.layers import LayerNorm2d
-from timm.models.regnet import RegStage
 
+from benchmarks.torch_reference import STC_FAMILY, TorchSTC
 from vllama_jax.checkpoints.keymap import CheckpointError, to_params
 from vllama_jax.config import ConfigError, ConnectorConfig
 from vllama_jax.models.connectors import build_connector, connector_key_map, num_connector_tokens
 
 TOL = 1e-4
-
-# The original's constructor arguments (projector.py): (sampler, (t, h, w) down-sampling, padding, stage depth).
-STC_FAMILY = {
-    "stc_connector": ("conv", (2, 2, 2), 1, 4),
-    "stp_connector": ("pool", (2, 2, 2), 0, 4),
-    "stc_connector_v35": ("conv", (2, 2, 2), 0, 4),
-    "spatial_conv": ("conv", (1, 2, 2), 1, 0),
-    "spatial_pool": ("pool", (1, 2, 2), 0, 0),
-}
-
-
-class TorchSTC(torch.nn.Module):
-    """The original's STC-family forward: per frame s1, 3-D sampler, per frame s2, readout MLP."""
-
-    def __init__(self, kind, cin, d):
-        super().__init__()
-        sampler, k, pad, depth = STC_FAMILY[kind]
-        stage = dict(depth=depth, stride=1, dilation=1, act_layer=torch.nn.SiLU, norm_layer=LayerNorm2d)
-        self.s1 = RegStage(in_chs=cin, out_chs=d, **stage) if depth else torch.nn.Identity()
-        down = (torch.nn.Conv3d(d, d, kernel_size=k, stride=k, padding=pad, bias=True) if sampler == "conv"
-                else torch.nn.AvgPool3d(k))
-        self.sampler = torch.nn.Sequential(down, torch.nn.SiLU())
-        self.s2 = RegStage(in_chs=d, out_chs=d, **stage) if depth else torch.nn.Identity()
-        self.readout = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.Linear(d, d))
-
-    def forward(self, x):  # (B, T, N, C)
-        b, t, n, c = x.shape
-        s = int(round(n ** 0.5))
-        x = x.reshape(b * t, s, s, c).permute(0, 3, 1, 2)  # (B*T, C, h, w)
-        x = self.s1(x)
-        x = x.reshape(b, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C, T, h, w)
-        x = self.sampler(x)
-        _, d, t2, h2, w2 = x.shape
-        x = self.s2(x.permute(0, 2, 1, 3, 4).reshape(b * t2, d, h2, w2))
-        x = x.reshape(b, t2, d, h2 * w2).permute(0, 1, 3, 2).reshape(b, t2 * h2 * w2, d)
-        return self.readout(x)
 
 
 def torch_mlp(depth, cin, d):

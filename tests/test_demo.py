@@ -117,11 +117,11 @@ def test_annotations_train_without_a_bad_row(dataset, tmp_path):
     from data_pipelines.samples import AUDIO_SHAPE, SampleDecoder, SampleSpec
     from vllama_jax.checkpoints.export import processor_config
     from vllama_jax.config import preset
-    from vllama_jax.demo.run import _texts
+    from vllama_jax.demo.run import corpus_texts
     from vllama_jax.demo.tokenizer import word_tokenizer
 
     cfg = preset("demo-av")
-    tok = word_tokenizer(_texts(dataset))
+    tok = word_tokenizer(corpus_texts(dataset, qa.read_test_questions(dataset)))
     assert len(tok) <= cfg.decoder.vocab_size
     tok.save_pretrained(str(tmp_path / "tok"))
     (tmp_path / "proc").mkdir()

@@ -33,8 +33,10 @@ def test_plan_video_model_on_v5p(tmp_path, capsys):
     assert plan["hbm_per_device_gib"] == 95 and plan["hbm_from"] == "TPU v5"
     assert plan["fits"] is True and 94 < plan["headroom_gib"] < 95
     mem = plan["memory_per_device"]
-    assert mem["peak_bytes"] == (mem["arguments_bytes"] + mem["outputs_bytes"] - mem["aliased_bytes"]
-                                 + mem["temporaries_bytes"] + mem["generated_code_bytes"])
+    # The plan fits by every buffer at once; the compiler's heap simulation (its own peak, buffers with
+    # disjoint lifetimes sharing memory) must lie between the arguments alone and that bound.
+    assert mem["arguments_bytes"] <= mem["xla_peak_bytes"] <= mem["peak_bytes"]
+    assert mem["temporaries_bytes"] > 0 and mem["generated_code_bytes"] > 0
     assert mem["aliased_bytes"] > 0  # the state is donated: its outputs reuse its buffers
     assert mem["peak_gib"] == pytest.approx(mem["peak_bytes"] / 2 ** 30)
     # Sharded over fsdp x tensor = 4: the decoder's params and moments are split 4 ways, the STC

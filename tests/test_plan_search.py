@@ -3,7 +3,7 @@ plan is named best. The compile itself is replaced by a fake `plan_phase` here (
 tests/test_plan.py compile for real), so these run in milliseconds."""
 import pytest
 
-from vllama_jax.commands.plan import phase_config_path
+from vllama_jax.train.config import phase_config_path
 from vllama_jax.config import preset
 from vllama_jax.train import plan_search
 from vllama_jax.train.config import load_train_config

@@ -13,7 +13,6 @@ import pytest
 
 import vllama_jax
 from vllama_jax.checkpoints.keymap import CheckpointError
-from vllama_jax.dump import fixture_samples
 from vllama_jax.config import ConfigError, VIDEO_TOKEN_INDEX
 from vllama_jax.generate import ContextLengthError
 from vllama_jax.inference import media_batch

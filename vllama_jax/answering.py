@@ -14,6 +14,10 @@ import os
 
 import numpy as np
 
+from vllama_jax.generate import ContextLengthError
+from vllama_jax.inference import until_eos
+from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
+
 log = logging.getLogger(__name__)
 
 
@@ -62,8 +66,6 @@ def answer_rows(model, rows, batch_size=8, max_new_tokens=128, temperature=0.0, 
     holds one batch of videos however many rows there are."""
     from tqdm import tqdm
 
-    from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
-
     tok = model.tokenizer
     family = model.config.decoder.family
     prompts = []
@@ -107,9 +109,6 @@ def _load_media(model, row, on_result):
 def _answer_batch(model, batch, max_new_tokens, temperature, on_result):
     """One left-padded generate call for [(row, token ids, media)]. A row too long for the context gives an
     error row (the batch is retried row by row to find it); the others are answered."""
-    from vllama_jax.generate import ContextLengthError
-    from vllama_jax.inference import until_eos
-
     try:
         out = _generate(model, batch, max_new_tokens, temperature)
     except ContextLengthError as e:

@@ -12,6 +12,12 @@ one to one with `tests/data/fixtures/*/expected.npz`.
 """
 import numpy as np
 
+import vllama_jax
+from vllama_jax.inference import media_batch
+from vllama_jax.models.sequence import spliced_length
+from vllama_jax.models.videollama2 import is_placeholder
+from vllama_jax.train.loss import causal_lm_loss
+
 
 def fixture_samples(inputs) -> list:
     """The per-sample media of a fixture-format npz: [{"video": ..., "audio": ...} | None, ...]."""
@@ -30,11 +36,6 @@ def fixture_samples(inputs) -> list:
 
 
 def dump_videollama2(model, inputs, greedy: int):
-    from vllama_jax.inference import media_batch
-    from vllama_jax.models.sequence import spliced_length
-    from vllama_jax.models.videollama2 import is_placeholder
-    from vllama_jax.train.loss import causal_lm_loss
-
     cfg = model.config
     ids = np.asarray(inputs["input_ids"])
     mask = np.asarray(inputs["attention_mask"]).astype(bool) if "attention_mask" in inputs else np.ones(ids.shape, bool)
@@ -78,8 +79,6 @@ def dump_videollama2(model, inputs, greedy: int):
 
 def run_dump(model_path: str, inputs, greedy: int = 0) -> dict:
     import jax.numpy as jnp
-
-    import vllama_jax
 
     model = vllama_jax.load(model_path, dtype=jnp.float32)
     if getattr(model, "kind", None) is None:

@@ -22,11 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from vllama_jax import config as C
+from vllama_jax.checkpoints.export import save_videollama2
 from vllama_jax.generate import check_context, generate_from_embeds
 from vllama_jax.models.decoder import decode_layout as default_decode_layout
 from vllama_jax.models.decoder import init_cache, split_layers, stack_layers
 from vllama_jax.models.sequence import media_tokens
 from vllama_jax.models.videollama2 import VideoLLaMA2
+from vllama_jax.preprocess.audio import audio_features
+from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,6 @@ class VideoLLaMA2Model:
     def save(self, folder: str, dtype=np.float32) -> str:
         """This model in the release layout (checkpoints/export.py), loadable by `vllama_jax.load` and by
         the original PyTorch code."""
-        from vllama_jax.checkpoints.export import save_videollama2
         params = {**self.params, "decoder": stack_layers(self.params["decoder"])}
         return save_videollama2(folder, self.config, params, self.tokenizer, dtype=dtype, unused=self.unused,
                                 vision_folder=self.vision_folder)
@@ -234,7 +236,6 @@ class VideoLLaMA2Model:
         if audio is not None and audio is not False:
             if self.config.audio is None:
                 raise ValueError("this model has no audio tower (it is a video-only release)")
-            from vllama_jax.preprocess.audio import audio_features
             src = video if audio is True else audio
             out["audio"] = audio_features(src)
         return out
@@ -270,8 +271,6 @@ class ChatSession:
 
     def ask(self, question: str, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
             top_k: int = 0, seed: int = 0, stream: Optional[Callable[[str], None]] = None) -> str:
-        from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
-
         tok = self.model.tokenizer
         if tok is None:
             raise ValueError(f"{self.model.path}: no tokenizer files in the checkpoint folder; chat needs one")

@@ -34,7 +34,17 @@ import numpy as np
 from vllama_jax import config as C
 from vllama_jax.checkpoints.hf_files import read_state_dict, read_torch_pickle
 from vllama_jax.checkpoints.keymap import CheckpointError, to_params
-from vllama_jax.models.decoder import split_layers
+from vllama_jax.checkpoints.lora import is_lora_folder, merge_lora_folder
+from vllama_jax.checkpoints.release import AUDIO_PREFIX, read_release
+from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
+from vllama_jax.models.beats import BEATs, load_beats
+from vllama_jax.models.decoder import DECODE_LAYOUTS, Decoder, hf_key_map, split_layers
+from vllama_jax.models.decoder import decode_layout as default_decode_layout
+from vllama_jax.models.sequence import dummy_batch, video_tokens
+from vllama_jax.models.videollama2 import VideoLLaMA2
+from vllama_jax.models.vision_tower import load_vision_tower, vision_tower_class
+from vllama_jax.preprocess.processor import Processor
+from vllama_jax.quantize import quantize_params
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +81,10 @@ def _as_jax(tree, dtype):
 # --- the parts -------------------------------------------------------------------------------------------
 
 def decoder_module(cfg: C.DecoderConfig, dtype=jnp.float32):
-    from vllama_jax.models.decoder import Decoder
     return Decoder(cfg, dtype=dtype)
 
 
 def decoder_params(cfg: C.DecoderConfig, state_dict, source: str, module=None, prefix: str = ""):
-    from vllama_jax.models.decoder import hf_key_map
     module = module or decoder_module(cfg)
     expected = abstract_params(module, jnp.zeros((1, 2), jnp.int32))
     keymap = hf_key_map(cfg).with_prefix(prefix)
@@ -85,7 +93,6 @@ def decoder_params(cfg: C.DecoderConfig, state_dict, source: str, module=None, p
 
 
 def vision_module(cfg: C.VisionConfig, dtype=jnp.float32):
-    from vllama_jax.models.vision_tower import vision_tower_class
     return vision_tower_class(cfg.family)(cfg, dtype=dtype)
 
 
@@ -138,7 +145,6 @@ def resolve_audio_tower(name: Optional[str], base_dir: str):
 def videollama2_state_dict(path: str, base: Optional[str] = None):
     """(state dict under release names, folder of its tokenizer) of a VideoLLaMA 2 folder; a LoRA fine-tune
     folder (checkpoints/lora.py) is merged with its base model in memory."""
-    from vllama_jax.checkpoints.lora import is_lora_folder, merge_lora_folder
     if is_lora_folder(path):
         merged = merge_lora_folder(path, base)
         return merged.state_dict, path if has_tokenizer(path) else merged.base
@@ -181,10 +187,6 @@ class Checkpoint:
 def read_videollama2(path: str, base: Optional[str] = None) -> Checkpoint:
     """A VideoLLaMA 2 folder (or a LoRA fine-tune folder with its `base`) -> `Checkpoint`, through the
     release table of checkpoints/release.py (the one `save_videollama2` writes)."""
-    from vllama_jax.checkpoints.release import AUDIO_PREFIX, read_release
-    from vllama_jax.models.sequence import dummy_batch
-    from vllama_jax.models.videollama2 import VideoLLaMA2
-
     cfg, vision_folder, _ = load_videollama2_config(path)
     state_dict, tokenizer_folder = videollama2_state_dict(path, base)
     audio_pt = None
@@ -203,9 +205,6 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
     processor when the folder has them). `num_frames` other than the checkpoint's changes the connector's
     token count (a warning says so); `base`: the base model of a LoRA folder; `quantize="int8"`: int8
     weight-only decoder (quantize.py); `decode_layout`: see models/decoder.py (default: this backend's)."""
-    from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
-    from vllama_jax.models.sequence import video_tokens
-
     if compilation_cache:
         enable_compilation_cache()
     ckpt = read_videollama2(path, base)
@@ -219,7 +218,6 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
     processor = None
     if cfg.vision is not None:
         try:
-            from vllama_jax.preprocess.processor import Processor
             processor = Processor.from_pretrained(ckpt.vision_folder or cfg.vision_tower_name,
                                                   num_frames=cfg.num_frames, aspect_ratio=aspect_ratio)
         except Exception as e:  # the model still runs on pre-processed inputs
@@ -230,16 +228,14 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
         params["decoder"] = split_layers(params["decoder"])
     params = _as_jax(params, dtype)
     if quantize is not None:
-        from vllama_jax.quantize import quantize_params
         params = quantize_params(params, quantize)
     return VideoLLaMA2Model(cfg, params, tokenizer, processor, dtype=dtype, path=path, max_context=max_context,
                             unused=ckpt.unused, vision_folder=ckpt.vision_folder, decode_layout=layout)
 
 
 def _decode_layout(layout: Optional[str], dtype) -> str:
-    from vllama_jax.models.decoder import DECODE_LAYOUTS, decode_layout
     if layout is None:
-        return decode_layout(dtype)
+        return default_decode_layout(dtype)
     if layout not in DECODE_LAYOUTS:
         raise ValueError(f"decode_layout='{layout}': expected one of {', '.join(DECODE_LAYOUTS)}")
     return layout
@@ -267,7 +263,6 @@ def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, decode_la
     accelerators). `quantize="int8"`: int8 weight-only decoder kernels (quantize.py). `decode_layout`: how a
     decoder's layers are held for generation (models/decoder.py `decode_layout`; default: this backend's)."""
     if os.path.isfile(path) and path.endswith(".pt"):
-        from vllama_jax.models.beats import BEATs, load_beats
         cfg, params = load_beats(path)
         return Part("beats", cfg, BEATs(cfg, dtype=dtype), _as_jax(params, dtype), path)
     raw = C.load_config(path)
@@ -282,11 +277,9 @@ def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, decode_la
             params = split_layers(params)
         params = _as_jax(params, dtype)
         if quantize is not None:
-            from vllama_jax.quantize import quantize_params
             params = quantize_params(params, quantize, part="decoder")
         return Part("decoder", cfg, module, params, path)
     if model_type in ("clip_vision_model", "siglip_vision_model", "clip", "siglip"):
-        from vllama_jax.models.vision_tower import load_vision_tower
         cfg, params = load_vision_tower(path)
         return Part("vision", cfg, vision_module(cfg, dtype), _as_jax(params, dtype), path)
     raise C.ConfigError(

@@ -18,12 +18,16 @@ import logging
 import os
 from typing import Optional
 
+from vllama_jax.checkpoints.export import save_videollama2
+from vllama_jax.checkpoints.orbax import is_run_dir, read_run_params
+from vllama_jax.loading import has_tokenizer, load_tokenizer, read_videollama2
+from vllama_jax.train.config import load_train_config
+
 log = logging.getLogger(__name__)
 
 
 def _tokenizer(folder: Optional[str]):
     """The tokenizer saved in `folder`, or None when it has none."""
-    from vllama_jax.loading import has_tokenizer, load_tokenizer
     return load_tokenizer(folder) if folder and has_tokenizer(folder) else None
 
 
@@ -31,8 +35,6 @@ def from_run(run_dir: str, step: Optional[int] = None):
     """(config, params, tokenizer) of a training run's checkpoint."""
     import jax
 
-    from vllama_jax.checkpoints.orbax import read_run_params
-    from vllama_jax.train.config import load_train_config
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(config_path):
         raise SystemExit(f"{run_dir}: a training run's output_dir holds the config.yaml the run wrote; none here")
@@ -43,9 +45,6 @@ def from_run(run_dir: str, step: Optional[int] = None):
 
 
 def convert(src: str, dst: str, base: Optional[str] = None, dtype: str = "float32", step: Optional[int] = None) -> str:
-    from vllama_jax.checkpoints.export import save_videollama2
-    from vllama_jax.checkpoints.orbax import is_run_dir
-    from vllama_jax.loading import read_videollama2
     unused, vision_folder = None, None
     if is_run_dir(src):
         if base is not None:

@@ -33,6 +33,11 @@ import numpy as np
 from vllama_jax import config as C
 from vllama_jax.checkpoints.hf_files import StateDict
 from vllama_jax.checkpoints.keymap import CheckpointError, KeyMap, missing_unused, to_params, to_state_dict
+from vllama_jax.models.beats import hf_key_map as beats_map
+from vllama_jax.models.beats import read_beats_pt
+from vllama_jax.models.connectors import connector_key_map
+from vllama_jax.models.decoder import hf_key_map as decoder_map
+from vllama_jax.models.vision_tower import read_tower_folder, tower_key_map
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,6 @@ _PART_PREFIXES = (("vision", "model.vision_tower."), ("connector", CONNECTOR_PRE
 
 def part_key_maps(cfg: C.VideoLLaMA2Config) -> Dict[str, KeyMap]:
     """The whole model's table, part by part, under the names a checkpoint of the `main` branch uses."""
-    from vllama_jax.models.beats import hf_key_map as beats_map
-    from vllama_jax.models.connectors import connector_key_map
-    from vllama_jax.models.decoder import hf_key_map as decoder_map
-    from vllama_jax.models.vision_tower import tower_key_map
-
     maps = {"decoder": decoder_map(cfg.decoder)}
     if cfg.vision is not None:
         maps["vision"] = tower_key_map(cfg.vision, VISION_PREFIX)
@@ -91,15 +91,11 @@ def split_by_part(state_dict: Mapping[str, np.ndarray]) -> Dict[str, StateDict]:
 # --- reading ------------------------------------------------------------------------------------------------
 
 def _tower_from_folder(vision_folder: str, keymap: KeyMap) -> Tuple[StateDict, KeyMap]:
-    from vllama_jax.models.vision_tower import read_tower_folder
-
     state_dict, prefix = read_tower_folder(vision_folder)
     return state_dict, keymap.rebased(VISION_PREFIX, prefix)
 
 
 def _beats_from_pt(cfg: C.VideoLLaMA2Config, audio_pt: str, keymap: KeyMap) -> Tuple[StateDict, KeyMap]:
-    from vllama_jax.models.beats import read_beats_pt
-
     config, state_dict = read_beats_pt(audio_pt)
     if config != cfg.audio:
         raise CheckpointError(f"{audio_pt}: its BEATs config differs from the checkpoint's audio tower config")

@@ -1,7 +1,8 @@
 """`vllama-jax bench --out DIR [--quick]`: speed and agreement side by side with the PyTorch reference.
 
 Runs benchmarks/run_bench.py of this checkout (decoder prefill, greedy generation, CLIP tower, decode at
-real sizes with float32 and int8 weights; ours vs transformers on the same weights and inputs) and writes
+real sizes with float32 and int8 weights, the whole model's 16-frame video prefill and fine-tune step;
+ours vs transformers on the same weights and inputs) and writes
 DIR/bench.json and DIR/bench.png. PyTorch and transformers are the test extras: without them the command
 says how to install them.
 """
@@ -10,7 +11,7 @@ import sys
 
 HELP = "time JAX vs the PyTorch reference on the same checkpoint and inputs (bench.json, bench.png)"
 
-KINDS = ("prefill", "generate", "vision", "decode")
+KINDS = ("prefill", "generate", "vision", "decode", "video", "train")  # benchmarks/run_bench.py's
 
 
 def add_arguments(p):
@@ -35,7 +36,7 @@ def _run_bench_module(name="run_bench"):
 
 def _missing_references():
     missing = []
-    for name in ("torch", "transformers"):
+    for name in ("torch", "transformers", "timm"):
         try:
             importlib.import_module(name)
         except ImportError:

@@ -24,13 +24,15 @@ def main(args) -> int:
     import os
     import sys
 
+    from data_pipelines.demo_data import DEMO_DATA
     from vllama_jax.demo.report import table
     from vllama_jax.demo.run import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on every checkpoint read
     variants = ("stc",) if args.no_baseline else ("stc", "mean_pool")
-    results = run_demo(args.out, quick=args.quick, seed=args.seed, variants=variants, keep_cache=args.keep_cache,
+    # The command wires the two packages: data_pipelines gives the clips and batches, the library trains.
+    results = run_demo(args.out, DEMO_DATA, quick=args.quick, seed=args.seed, variants=variants, keep_cache=args.keep_cache,
                        progress=sys.stderr.isatty())
     print()
     print(table(results))

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 HELP = "compile a phase's train step for a TPU slice on this host: per-device memory, fit, step time, best mesh"
-
-CONFIG_DIR = os.path.join("launch", "configs")
-
 
 def add_arguments(p) -> None:
     p.add_argument("--phase", required=True,
@@ -37,22 +33,6 @@ def add_arguments(p) -> None:
     p.add_argument("--hbm-gib", type=float, help="HBM of one device in GiB, instead of the chip's known size")
     p.add_argument("--mfu", type=float, default=None, help="assumed model FLOPs utilization (default 0.4)")
     p.add_argument("--out", help="write the plan here as JSON")
-
-
-def phase_config_path(phase: str) -> str:
-    """A YAML path as given, else launch/configs/PHASE.yaml here or in this checkout."""
-    if phase.endswith((".yaml", ".yml")) or os.sep in phase:
-        if not os.path.isfile(phase):
-            raise ValueError(f"--phase {phase}: no such file")
-        return phase
-    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    folders = [CONFIG_DIR, os.path.join(checkout, CONFIG_DIR)]
-    for folder in folders:
-        path = os.path.join(folder, phase + ".yaml")
-        if os.path.isfile(path):
-            return path
-    known = sorted({f[:-5] for d in folders if os.path.isdir(d) for f in os.listdir(d) if f.endswith(".yaml")})
-    raise ValueError(f"--phase {phase}: no {phase}.yaml in {CONFIG_DIR}; known phases: {', '.join(known)}")
 
 
 def mesh_overrides(mesh: str) -> list:
@@ -146,7 +126,7 @@ def search_summary(result: dict) -> str:
 
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from vllama_jax.train.config import load_train_config
+    from vllama_jax.train.config import load_train_config, phase_config_path
     from vllama_jax.train.plan import DEFAULT_MFU, plan_phase
     from vllama_jax.train.plan_search import search
     auto = args.mesh == "auto" or args.global_batch == "auto"

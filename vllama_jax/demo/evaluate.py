@@ -1,7 +1,7 @@
 """The demo's evaluation: held-out questions answered through `vllama-jax answer`'s batched path, scored.
 
     rows = answer_questions(model, questions, data_folder)   # + "answer", "correct" per question
-    scores = score(rows)        # {"overall", "chance", "categories", "chance_by_kind", "counts"}
+    scores = score(rows, kinds) # {"overall", "chance", "categories", "chance_by_kind", "counts"}
 
 A question is right when the answer, lower-cased and stripped of punctuation, is the expected word
 (or, for multiple choice, the expected letter): exact match, no partial credit. A question the model
@@ -13,7 +13,7 @@ import os
 import re
 from typing import Dict, List, Sequence
 
-from data_pipelines.synthetic_qa import KINDS
+from vllama_jax.answering import answer_rows
 
 
 def normalise(text: str) -> str:
@@ -24,8 +24,6 @@ def answer_questions(model, questions: Sequence[dict], data_folder: str, batch_s
                      max_new_tokens: int = 4) -> List[dict]:
     """Each question with `expected` (the right answer), the model's `answer` (or `error`) and `correct`,
     in the input order."""
-    from vllama_jax.answering import answer_rows
-
     inputs = [{"id": q["id"], "question": q["question"], "video": os.path.join(data_folder, q["video"]), "av": True}
               for q in questions]
     got: Dict[int, dict] = {}
@@ -42,12 +40,13 @@ def answer_questions(model, questions: Sequence[dict], data_folder: str, batch_s
     return rows
 
 
-def score(rows: Sequence[dict]) -> dict:
+def score(rows: Sequence[dict], kinds: Sequence[str]) -> dict:
+    """Accuracy overall and per kind (`kinds`: the report's order; a kind with no question is left out)."""
     def mean(xs):
         xs = list(xs)
         return float(sum(xs) / len(xs)) if xs else None
 
-    kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
+    kinds = [k for k in kinds if any(r["kind"] == k for r in rows)]
     return {
         "overall": mean(r["correct"] for r in rows),
         "chance": mean(r["chance"] for r in rows),

@@ -1,9 +1,13 @@
 """The demo's training: its phases of the recipe through the real `train` code, then a release checkpoint.
 
     cfgs = phase_configs(out, "stc", steps={"demo_av": 8})   # TrainConfig per phase, paths under `out`
-    build_caches(cfgs)                                       # decode every row once (data_pipelines/cache.py)
-    train_variant(cfgs, on_phase=...)                        # vllama_jax.train.loop.train, phase after phase
+    build_caches(cfgs, data)                                 # decode every row once (data.write_phase_cache)
+    train_variant(cfgs, data, on_phase=...)                  # vllama_jax.train.loop.train, phase after phase
     export_run(cfgs[-1], folder)                             # `vllama-jax convert` of the last phase
+
+`data` is a `DemoData`: the data side (clips, questions, caches, batches) that data_pipelines gives
+(`data_pipelines/demo_data.py`). The library does not import data_pipelines; the `demo` command
+wires the two, as `train` does.
 
 The phases are launch/configs/demo_video.yaml -> demo_audio.yaml -> demo_av.yaml (each starts from
 the previous one's last checkpoint: `init.from_phase`); the demo only points their paths at its output
@@ -17,28 +21,41 @@ each row is seen several times. Both variants read the same caches (same rows, s
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Callable, Dict, List, Optional
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from vllama_jax.checkpoints.convert import convert
+from vllama_jax.train.config import load_train_config, phase_config_path
+from vllama_jax.train.loop import train
 
 PHASES = ("demo_video", "demo_audio", "demo_av")
 VARIANTS = {"stc": "demo-av", "mean_pool": "demo-av-meanpool"}  # name -> model preset (vllama_jax/config.py)
 
 
-def configs_folder() -> str:
-    """launch/configs of this checkout (the demo runs from the repository, as `pip install -e .` leaves it)."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    folder = os.path.join(here, "launch", "configs")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder} not found: the demo reads its phase configs from the repository's "
-                                "launch/configs (install with `pip install -e .`)")
-    return folder
+@dataclasses.dataclass(frozen=True)
+class DemoData:
+    """What the demo needs from the data side (data_pipelines/demo_data.py builds it).
+
+    make_dataset(folder, num_train, num_test, num_audio, seed=, per_kind=, progress=) -> the data folder:
+        clips, the phases' annotation files, held-out questions
+    test_questions(data_folder) -> [{"id", "kind", "template", "question", "answer", "video", "chance"}]
+    kinds: the question kinds, in the order the report lists them
+    write_phase_cache(cfg): decode a phase's rows once into `cfg.data.cache` (kept when complete)
+    train_data(cfg, model_config) -> the phase's `TrainData` (batches for `vllama_jax.train.loop.train`)
+    """
+
+    make_dataset: Callable[..., str]
+    test_questions: Callable[[str], List[dict]]
+    kinds: Sequence[str]
+    write_phase_cache: Callable[[object], None]
+    train_data: Callable[..., object]
 
 
 def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None, batch_size: Optional[int] = None,
                   progress_bar: bool = True, fast_compile: bool = False) -> List:
     """The TrainConfig of every phase for `variant`, its paths under `out`."""
-    from vllama_jax.train.config import load_train_config
-
     cfgs = []
     for phase in PHASES:
         sets = [f"output_dir={os.path.join(out, 'runs', variant, phase)}",
@@ -54,38 +71,24 @@ def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None
             sets.append(f"train.steps={steps[phase]}")
         if batch_size:
             sets.append(f"train.global_batch_size={batch_size}")
-        cfgs.append(load_train_config(os.path.join(configs_folder(), phase + ".yaml"), sets))
+        cfgs.append(load_train_config(phase_config_path(phase), sets))
     return cfgs
 
 
-def build_caches(cfgs, progress: Optional[Callable[[str], None]] = None) -> None:
+def build_caches(cfgs, data: DemoData) -> None:
     """Decode each phase's rows into its `data.cache` folder, unless a complete cache is there."""
-    from data_pipelines.cache import write_cache
-    from data_pipelines.records import MANIFEST
-    from data_pipelines.from_config import sample_spec, sources_of
-
     for cfg in cfgs:
-        if os.path.exists(os.path.join(cfg.data.cache, MANIFEST)):
-            continue
-        if progress:
-            progress(cfg.name)
-        # float32: the cached frames and fbank are exactly what decoding would give.
-        write_cache(sources_of(cfg), sample_spec(cfg, cfg.model.resolve()), cfg.data.cache, dtype="float32",
-                    read_threads=cfg.data.read_threads)
+        data.write_phase_cache(cfg)
 
 
-def train_variant(cfgs, on_phase: Optional[Callable[[str, float], None]] = None) -> Dict[str, Dict[int, float]]:
+def train_variant(cfgs, data: DemoData, on_phase: Optional[Callable[[str, float], None]] = None
+                  ) -> Dict[str, Dict[int, float]]:
     """Train the phases in order (a finished phase is skipped: `train` resumes at its last step);
     returns {phase: {step: loss}} of the steps run now. `on_phase(name, seconds)` after each."""
-    import time
-
-    from data_pipelines.from_config import train_data
-    from vllama_jax.train.loop import train
-
     losses = {}
     for cfg in cfgs:
         t = time.perf_counter()
-        losses[cfg.name] = train(cfg, train_data(cfg, cfg.model.resolve()))
+        losses[cfg.name] = train(cfg, data.train_data(cfg, cfg.model.resolve()))
         if on_phase:
             on_phase(cfg.name, time.perf_counter() - t)
     return losses
@@ -93,6 +96,4 @@ def train_variant(cfgs, on_phase: Optional[Callable[[str, float], None]] = None)
 
 def export_run(cfg, folder: str) -> str:
     """The last checkpoint of the run `cfg` as a release-layout checkpoint (what `vllama-jax convert` does)."""
-    from vllama_jax.checkpoints.convert import convert
-
     return convert(cfg.output_dir, folder)

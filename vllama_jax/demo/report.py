@@ -16,6 +16,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from vllama_jax.preprocess.video import read_clip
+from vllama_jax.train.metrics import read_metrics
+
 LABELS = {"stc": "STC connector", "mean_pool": "mean pooling (mlp2x_gelu)"}
 
 
@@ -44,7 +47,6 @@ def _plt():
 
 def plot_training(runs: Dict[str, Sequence[str]], path: str) -> str:
     """Loss against the step counted over all phases, one line per variant, phases marked."""
-    from vllama_jax.train.metrics import read_metrics
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=90)
@@ -113,7 +115,6 @@ def plot_stc_vs_pool(results: dict, path: str) -> str:
 
 def clip_frames(path: str, num_frames: int = 8) -> List[np.ndarray]:
     """The frames the model sees (the processor's uniform sampling), as (H, W, 3) uint8."""
-    from vllama_jax.preprocess.video import read_clip
     return read_clip(path, num_frames)
 
 

@@ -1,8 +1,8 @@
 """The demo end to end: data -> phases -> release checkpoint -> `vllama_jax.load` -> held-out answers.
 
-    results = run_demo("out/demo", quick=False)
+    results = run_demo("out/demo", data, quick=False)   # data: recipe.DemoData (data_pipelines.demo_data)
 
-1. Data (data_pipelines/synthetic_qa.py): seeded mp4 clips with sound, annotation files in the
+1. Data (`data.make_dataset`: data_pipelines/synthetic_qa.py): seeded mp4 clips with sound, annotation files in the
    original's format for each phase, held-out questions of five kinds; a word-level tokenizer of that
    text and the vision tower's pre-processing config.
 2. For each variant, the STC connector (`demo-av`) and the mean-pooling baseline (`demo-av-meanpool`):
@@ -28,6 +28,15 @@ from typing import Dict, Optional, Sequence
 
 from tqdm import tqdm
 
+import vllama_jax
+from vllama_jax.checkpoints.export import processor_config
+from vllama_jax.config import preset
+from vllama_jax.demo import report
+from vllama_jax.demo.evaluate import answer_questions, by_template, score
+from vllama_jax.demo.recipe import VARIANTS, DemoData, build_caches, export_run, phase_configs, train_variant
+from vllama_jax.demo.tokenizer import word_tokenizer
+from vllama_jax.inference import enable_compilation_cache
+
 log = logging.getLogger(__name__)
 
 
@@ -50,28 +59,22 @@ QUICK = Settings(num_train=24, num_test=10, num_audio=8, per_kind=4,
                  fast_compile=True)
 
 
-def _texts(data: str):
+def corpus_texts(data_folder: str, questions: Sequence[dict]):
+    """Every text of the demo: the phases' conversations and the held-out questions and answers."""
     for name in ("video.json", "audio.json", "av.json"):
-        with open(os.path.join(data, name)) as f:
+        with open(os.path.join(data_folder, name)) as f:
             for row in json.load(f):
                 yield from (t["value"] for t in row["conversations"])
-    from data_pipelines.synthetic_qa import read_test_questions
-    for q in read_test_questions(data):
+    for q in questions:
         yield q["question"]
         yield q["answer"]
 
 
-def prepare(out: str, settings: Settings, seed: int, progress: bool) -> str:
+def prepare(out: str, data: DemoData, settings: Settings, seed: int, progress: bool) -> str:
     """Data, tokenizer and processor config under `out`; returns the data folder."""
-    from data_pipelines.synthetic_qa import make_qa_dataset
-    from vllama_jax.checkpoints.export import processor_config
-    from vllama_jax.config import preset
-    from vllama_jax.demo.recipe import VARIANTS
-    from vllama_jax.demo.tokenizer import word_tokenizer
-
-    data = make_qa_dataset(os.path.join(out, "data"), settings.num_train, settings.num_test, settings.num_audio,
-                           seed=seed, per_kind=settings.per_kind, progress=progress)
-    tok = word_tokenizer(_texts(data))
+    folder = data.make_dataset(os.path.join(out, "data"), settings.num_train, settings.num_test,
+                               settings.num_audio, seed=seed, per_kind=settings.per_kind, progress=progress)
+    tok = word_tokenizer(corpus_texts(folder, data.test_questions(folder)))
     for name in VARIANTS.values():
         if len(tok) > preset(name).decoder.vocab_size:
             raise ValueError(f"the demo's tokenizer has {len(tok)} ids, preset {name} only {preset(name).decoder.vocab_size}")
@@ -79,7 +82,7 @@ def prepare(out: str, settings: Settings, seed: int, progress: bool) -> str:
     os.makedirs(os.path.join(out, "processor"), exist_ok=True)
     with open(os.path.join(out, "processor", "preprocessor_config.json"), "w") as f:
         json.dump(processor_config(preset(VARIANTS["stc"]).vision), f, indent=1)
-    return data
+    return folder
 
 
 def _examples(rows, per_kind: int = 1):
@@ -95,15 +98,9 @@ def _examples(rows, per_kind: int = 1):
     return out
 
 
-def run_demo(out: str, quick: bool = False, seed: int = 0, variants: Sequence[str] = ("stc", "mean_pool"),
-             keep_cache: bool = False, progress: bool = True, settings: Optional[Settings] = None) -> dict:
-    import vllama_jax
-    from data_pipelines.synthetic_qa import read_test_questions
-    from vllama_jax.demo import report
-    from vllama_jax.demo.evaluate import answer_questions, by_template, score
-    from vllama_jax.demo.recipe import build_caches, export_run, phase_configs, train_variant
-    from vllama_jax.inference import enable_compilation_cache
-
+def run_demo(out: str, data_side: DemoData, quick: bool = False, seed: int = 0,
+             variants: Sequence[str] = ("stc", "mean_pool"), keep_cache: bool = False, progress: bool = True,
+             settings: Optional[Settings] = None) -> dict:
     settings = settings or (QUICK if quick else DEFAULT)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
@@ -118,8 +115,8 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, variants: Sequence[st
 
     stage("data")
     t = time.perf_counter()
-    data = prepare(out, settings, seed, progress)
-    questions = read_test_questions(data)
+    data = prepare(out, data_side, settings, seed, progress)
+    questions = data_side.test_questions(data)
     timings["data_s"] = time.perf_counter() - t
     bar.update()
 
@@ -127,7 +124,7 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, variants: Sequence[st
     t = time.perf_counter()
     cfgs = {v: phase_configs(out, v, settings.steps, settings.batch_size, progress_bar=progress,
                              fast_compile=settings.fast_compile) for v in variants}
-    build_caches(cfgs[variants[0]])  # every variant reads the same rows the same way
+    build_caches(cfgs[variants[0]], data_side)  # every variant reads the same rows the same way
     timings["cache_s"] = time.perf_counter() - t
     bar.update()
 
@@ -135,7 +132,7 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, variants: Sequence[st
     for v in variants:
         vt: Dict[str, float] = {}
         stage(f"{v}: training")
-        train_variant(cfgs[v], on_phase=lambda name, s: vt.__setitem__(f"train_{name}_s", s))
+        train_variant(cfgs[v], data_side, on_phase=lambda name, s: vt.__setitem__(f"train_{name}_s", s))
         t = time.perf_counter()
         checkpoints[v] = export_run(cfgs[v][-1], os.path.join(out, "checkpoints", v))
         vt["export_s"] = time.perf_counter() - t
@@ -149,7 +146,7 @@ def run_demo(out: str, quick: bool = False, seed: int = 0, variants: Sequence[st
         rows = answer_questions(model, questions, data, batch_size=settings.answer_batch)
         vt["answer_s"] = time.perf_counter() - t
         answered[v] = rows
-        scored[v] = score(rows)
+        scored[v] = score(rows, data_side.kinds)
         with open(os.path.join(out, f"answers_{v}.jsonl"), "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")

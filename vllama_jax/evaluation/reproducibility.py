@@ -16,6 +16,8 @@ import os
 import platform
 from typing import Dict, List
 
+import vllama_jax
+
 # What in a checkpoint folder decides the answers: configs, tokenizer files and weights. (Not the
 # fixtures, notebooks or READMEs that folders also carry.)
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".tiktoken")
@@ -46,8 +48,6 @@ def hash_files(path: str, suffixes=None) -> Dict[str, str]:
 def versions() -> Dict[str, str]:
     import jax
     import jaxlib
-
-    import vllama_jax
 
     out = {"vllama_jax": vllama_jax.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
            "python": platform.python_version()}

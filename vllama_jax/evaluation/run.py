@@ -26,9 +26,11 @@ from typing import Optional
 
 from tqdm import tqdm
 
+import vllama_jax
 from vllama_jax import answering
 from vllama_jax.evaluation import prompts, reproducibility, scoring
 from vllama_jax.evaluation.datasets import read_benchmark
+from vllama_jax.loading import load_tokenizer, load_videollama2_config
 from vllama_jax.preprocess.conversation import build_prompt
 
 log = logging.getLogger(__name__)
@@ -175,9 +177,6 @@ def run_eval(setup: EvalSetup) -> dict:
     (and OUT/gpt_grading_input.jsonl for oqa). Returns the results; None when OUT holds another setup."""
     import jax
     import jax.numpy as jnp
-
-    import vllama_jax
-    from vllama_jax.loading import load_tokenizer, load_videollama2_config
 
     began = time.time()
     items, skipped = read_benchmark(setup.data, setup.media_root, setup.benchmark, setup.layout)

@@ -13,9 +13,9 @@ weight (dequantized / sliced when it has to be).
 from typing import Any, Callable, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from vllama_jax import kernels
 from vllama_jax.quantize import QArray
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
@@ -57,8 +57,6 @@ class LayerRef:
 
 def matmul(x, kernel, dtype):
     """x (..., in) @ kernel (in, out) in `dtype`; `kernel` an array, a QArray or a LayerRef."""
-    from vllama_jax import kernels
-
     rows = 1
     for d in x.shape[:-1]:
         rows *= d

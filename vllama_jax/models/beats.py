@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vllama_jax.checkpoints.hf_files import StateDict, read_torch_pickle, torch_to_numpy
 from vllama_jax.checkpoints.keymap import CheckpointError, KeyMap, to_params
 from vllama_jax.config import BEATsConfig, ConfigError
 from vllama_jax.layers.attention import dot_product_attention
@@ -290,8 +291,6 @@ def beats_params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: B
 
 def read_beats_pt(path: str):
     """A BEATs `.pt` (a torch pickle `{"cfg": dict, "model": state_dict}`; needs torch) -> (config, state dict)."""
-    from vllama_jax.checkpoints.hf_files import StateDict, read_torch_pickle, torch_to_numpy
-
     ckpt = read_torch_pickle(path)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), Mapping)):
         raise CheckpointError(f"{path}: not a BEATs checkpoint (expected a dict with 'cfg' and 'model')")

@@ -40,6 +40,7 @@ from flax.traverse_util import flatten_dict
 import jax
 import jax.numpy as jnp
 
+from vllama_jax import kernels
 from vllama_jax.checkpoints.keymap import KeyMap
 from vllama_jax.config import DecoderConfig
 from vllama_jax.layers.attention import Attention
@@ -240,7 +241,6 @@ def decode_layout(dtype=jnp.float32) -> str:
                  layer's slice of the stack at every step: on an H200, Qwen2-7B shape, bfloat16, batch 1,
                  that ran at 86 tokens/s (29 % of the copy bandwidth) against 206-216 split (69-73 %).
         "scan"   elsewhere (CPU bfloat16, no C++ compiler): the stacked cache under nn.scan."""
-    from vllama_jax import kernels
     if jax.default_backend() != "cpu":
         return "split"
     return "refs" if jnp.dtype(dtype) == jnp.float32 and kernels.available() else "scan"

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from vllama_jax.config import (AUDIO_TOKEN_INDEX, IGNORE_INDEX, IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX,
                                VideoLLaMA2Config)
+from vllama_jax.models.beats import BEATs
 from vllama_jax.models.connectors import build_connector
 from vllama_jax.models.decoder import Decoder
 from vllama_jax.models.vision_tower import vision_tower_class
@@ -88,7 +89,6 @@ class VideoLLaMA2(nn.Module):
             self.vision = vision_tower_class(cfg.vision.family)(cfg.vision, **kw)
             self.connector = build_connector(cfg.connector, **kw)
         if cfg.audio is not None:
-            from vllama_jax.models.beats import BEATs
             self.audio = BEATs(cfg.audio, **kw)
             self.audio_projector = build_connector(cfg.audio_projector, **kw)
 

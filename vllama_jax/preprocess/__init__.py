@@ -7,7 +7,8 @@
 
 
 def __getattr__(name):
-    # `vllama_jax.preprocess.Processor`, imported on first use so that audio-only users skip PyAV/PIL set-up.
+    # local: `vllama_jax.preprocess.Processor` is imported on first use, so that importing any module of this
+    # package (audio, conversation: audio-only and text users) does not also load PIL, image.py and video.py.
     if name == "Processor":
         from vllama_jax.preprocess.processor import Processor
         return Processor

@@ -22,6 +22,7 @@ import numpy as np
 from vllama_jax.config import DEFAULT_NUM_FRAMES
 from vllama_jax.preprocess import image as image_ops
 from vllama_jax.preprocess import video as video_ops
+from vllama_jax.preprocess.audio import audio_features
 from vllama_jax.preprocess.image import KNOWN_PROCESSORS, ImageProcessorConfig
 
 # The original pads only for "pad"; "square" (its training default) behaves as None.
@@ -78,8 +79,6 @@ class Processor:
 
     def audio(self, path) -> np.ndarray:
         """A sound file, or a video's own sound track -> (2998, 128) Kaldi fbank (see audio.py)."""
-        from vllama_jax.preprocess.audio import audio_features
-
         return audio_features(os.fspath(path))
 
     def _pixels(self, frames) -> np.ndarray:

@@ -19,6 +19,8 @@ import tempfile
 import urllib.parse
 from typing import Optional
 
+from vllama_jax.preprocess.audio import audio_features
+from vllama_jax.preprocess.processor import Processor
 from vllama_jax.serve.errors import RequestError
 
 # Suffixes for data: URLs, so the decoders see a familiar file name (PyAV probes the content anyway).
@@ -129,9 +131,6 @@ def resolve(ref: MediaRef, root: MediaRoot) -> Resolved:
 def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None) -> dict:
     """Decode a request's media with the model's own pre-processing (`model.load_media` / Processor):
     -> {"video": (T, 3, H, W)} or {"image": (1, 3, H, W)}, plus {"audio": (F, 128)}."""
-    from vllama_jax.preprocess.audio import audio_features
-    from vllama_jax.preprocess.processor import Processor
-
     out = {}
     processor = model.processor
     if processor is not None and num_frames is not None and num_frames != processor.num_frames:

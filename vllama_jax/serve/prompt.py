@@ -51,6 +51,7 @@ def prepare(model, req: ChatRequest, root: MediaRoot, max_len: int,
                            f"{max_len} positions", "max_tokens", code="context_length_exceeded")
     p.max_tokens = min(p.max_tokens, max_len - n)
     media = load_media(model, req.media, root, req.num_frames) if req.media else None
-    if media is not None and "audio" in media and media["audio"].shape[0] != 2998:
-        raise RequestError(f"audio of {media['audio'].shape[0]} fbank frames, expected 2998", req.media[-1].param)
+    if media is not None and "audio" in media and media["audio"].shape[0] != FBANK_FRAMES:
+        raise RequestError(f"audio of {media['audio'].shape[0]} fbank frames, expected {FBANK_FRAMES}",
+                           req.media[-1].param)
     return Prompt(ids, media, n, req.num_frames)

@@ -26,6 +26,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
+from vllama_jax.config import preset
+from vllama_jax.loading import load_videollama2_config
+
 
 class TrainConfigError(ValueError):
     """A training config that cannot be used: names the file (when there is one) and the dotted key."""
@@ -40,9 +43,7 @@ class ModelSection:
     def resolve(self):
         """The VideoLLaMA2Config this section names."""
         if os.path.isfile(os.path.join(self.preset, "config.json")):
-            from vllama_jax.loading import load_videollama2_config
             return load_videollama2_config(self.preset)[0]
-        from vllama_jax.config import preset
         return preset(self.preset)
 
 
@@ -225,6 +226,26 @@ def apply_override(d: dict, assignment: str) -> None:
         if not isinstance(node, dict):
             raise TrainConfigError(f"--set {key}: '{p}' is not a section")
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+CONFIG_DIR = os.path.join("launch", "configs")  # the recipe's phase configs, in the repository
+
+
+def phase_config_path(phase: str) -> str:
+    """A phase's YAML: a path as given, else launch/configs/PHASE.yaml under the working directory or in
+    this checkout (`pip install -e .` leaves the package in it). Errors say `--phase`, the flag that takes it."""
+    if phase.endswith((".yaml", ".yml")) or os.sep in phase:
+        if not os.path.isfile(phase):
+            raise ValueError(f"--phase {phase}: no such file")
+        return phase
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    folders = [CONFIG_DIR, os.path.join(checkout, CONFIG_DIR)]
+    for folder in folders:
+        path = os.path.join(folder, phase + ".yaml")
+        if os.path.isfile(path):
+            return path
+    known = sorted({f[:-5] for d in folders if os.path.isdir(d) for f in os.listdir(d) if f.endswith(".yaml")})
+    raise ValueError(f"--phase {phase}: no {phase}.yaml in {CONFIG_DIR}; known phases: {', '.join(known)}")
 
 
 def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from vllama_jax.config import VideoLLaMA2Config
+from vllama_jax.models.sequence import audio_tokens
 
 # Which parts feed which: a part needs input gradients when any part upstream of it trains.
 UPSTREAM = {"vision": (), "connector": ("vision",), "audio": (), "audio_projector": ("audio",),
@@ -46,7 +47,6 @@ def train_step_flops(config: VideoLLaMA2Config, counts: Dict[str, int], trains: 
     if config.vision is not None:
         tokens["vision"] = tokens["connector"] = batch * config.num_frames * config.vision.num_positions
     if config.audio is not None:
-        from vllama_jax.models.sequence import audio_tokens
         tokens["audio"] = tokens["audio_projector"] = batch * audio_tokens(config)
     total = 0.0
     for part, n in counts.items():

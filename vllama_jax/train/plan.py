@@ -146,6 +146,9 @@ def _memory(compiled) -> Dict[str, int]:
            "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes,
            "generated_code": m.generated_code_size_in_bytes}
     out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"] + out["generated_code"]
+    # The compiler's own figure, from its heap simulation of buffer lifetimes (a buffer freed before
+    # another is born does not count twice); `peak` above, all at once, is the bound the plan fits by.
+    out["xla_peak"] = getattr(m, "peak_memory_in_bytes", None)
     return out
 
 
@@ -213,7 +216,8 @@ def plan_phase(cfg: TrainConfig, topology: str, hbm_gib: Optional[float] = None,
         # Logical sizes (no TPU tile padding): the whole state, and the shard each device holds.
         "state_bytes": _bytes(state), "batch_bytes": _bytes(batch),
         "memory_per_device": None if memory is None else {**{f"{k}_bytes": v for k, v in memory.items()},
-                                                          **{f"{k}_gib": v / GIB for k, v in memory.items()}},
+                                                          **{f"{k}_gib": v / GIB for k, v in memory.items()
+                                                             if v is not None}},
         "compiler_out_of_memory": oom,
         "hbm_per_device_gib": None if per_device_hbm is None else per_device_hbm / GIB,
         "hbm_from": "--hbm-gib" if hbm_gib else (kind if per_device_hbm is not None else None),

@@ -29,6 +29,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+import vllama_jax
+from vllama_jax.checkpoints.orbax import is_run_dir, read_run_params
 from vllama_jax.sharding import logical_to_sharding, shard_params, use_mesh
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,7 @@ def _overlay(params: dict, source: dict, boxed, mesh, where: str, placed: bool =
 
 def _folder_params(path: str) -> dict:
     """Params of a VideoLLaMA 2 folder (all parts) or of one part (an HF decoder/tower folder, a BEATs .pt)."""
-    from vllama_jax import load
-    loaded = load(path)
+    loaded = vllama_jax.load(path)
     kind = getattr(loaded, "kind", None)
     if kind is None:  # a whole VideoLLaMA 2 model
         return dict(loaded.params)
@@ -111,7 +112,6 @@ def _folder_params(path: str) -> dict:
 
 def initial_params(init, model, example_batch, boxed, mesh, seed: int, compiler_options=None) -> dict:
     """Random init overwritten by the `init` section's sources (see the module docstring)."""
-    from vllama_jax.checkpoints.orbax import is_run_dir, read_run_params
     shardings = logical_to_sharding(boxed, mesh)
     # Created directly in the sharded layout: no device ever holds the whole model.
     init_fn = jax.jit(lambda rng: nn.unbox(model.init(rng, example_batch)["params"]), out_shardings=shardings,

@@ -22,12 +22,13 @@ The convs have no bias. The norm is a LayerNorm over channels with eps 1e-5: tim
 Param names follow timm's (`b1/conv1/conv/kernel`, `b1/conv1/norm/scale`, `b1/se/fc1/kernel`, ...);
 `regstage_key_map` gives the checkpoint name of each.
 """
-from typing import Any, Sequence, Tuple, Union
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from vllama_jax.checkpoints.keymap import KeyMap
+from vllama_jax.layers.conv import Conv
 from vllama_jax.layers.norms import LayerNorm
 
 NORM_EPS = 1e-5
@@ -37,26 +38,6 @@ SE_RATIO = 0.25
 def se_channels(in_chs: int) -> int:
     # Python's round, as timm's `int(round(in_chs * se_ratio))`.
     return int(round(in_chs * SE_RATIO))
-
-
-def conv(features: int, kernel_size: Sequence[int], *, name: str, strides: Union[int, Sequence[int]] = 1,
-         padding: Union[int, Sequence[Tuple[int, int]]] = 0, groups: int = 1, use_bias: bool = False,
-         dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> nn.Conv:
-    """A channels-last `nn.Conv` (1D/2D/3D by the kernel's rank) with logically named params.
-
-    Kernel (*k, C_in / groups, C_out): axes `conv_t` / `conv_h` / `conv_w` (the last n of them, distinct
-    since Flax refuses a repeated name), `conv_in`, `conv_out`. `padding`
-    as an int pads every spatial dim by that much on both sides, like PyTorch's `padding=p`.
-    """
-    n = len(kernel_size)
-    if isinstance(padding, int):
-        padding = [(padding, padding)] * n
-    return nn.Conv(
-        features, tuple(kernel_size), strides=strides, padding=padding, feature_group_count=groups,
-        use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                 ("conv_t", "conv_h", "conv_w")[3 - n:] + ("conv_in", "conv_out")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
 
 
 class ConvNorm(nn.Module):
@@ -72,7 +53,7 @@ class ConvNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         k = self.kernel
-        x = conv(self.features, (k, k), padding=k // 2, groups=self.groups, name="conv", dtype=self.dtype,
+        x = Conv(self.features, (k, k), padding=k // 2, groups=self.groups, name="conv", dtype=self.dtype,
                  param_dtype=self.param_dtype)(x)
         x = LayerNorm(eps=NORM_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
         return nn.silu(x) if self.act else x
@@ -89,8 +70,8 @@ class SqueezeExcite(nn.Module):
     def __call__(self, x):
         kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.silu(conv(self.reduced, (1, 1), name="fc1", **kw)(s))
-        s = conv(x.shape[-1], (1, 1), name="fc2", **kw)(s)
+        s = nn.silu(Conv(self.reduced, (1, 1), name="fc1", **kw)(s))
+        s = Conv(x.shape[-1], (1, 1), name="fc2", **kw)(s)
         return x * nn.sigmoid(s)
 
 

@@ -22,7 +22,7 @@ from vllama_jax.checkpoints.keymap import KeyMap
 from vllama_jax.layers.attention import Attention
 from vllama_jax.layers.linear import Dense, default_kernel_init
 from vllama_jax.layers.norms import LayerNorm
-from vllama_jax.layers.regstage import conv
+from vllama_jax.layers.conv import Conv
 
 
 # Logical axes of the (N, tokens, C) activations between layers, as the decoder names its own.
@@ -67,7 +67,7 @@ class PatchEmbedding(nn.Module):
     @nn.compact
     def __call__(self, pixels):
         p = self.patch_size
-        x = conv(self.hidden_size, (p, p), strides=p, use_bias=self.patch_bias, dtype=self.dtype,
+        x = Conv(self.hidden_size, (p, p), strides=p, use_bias=self.patch_bias, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="patch_embedding")(pixels)
         n = x.shape[0]
         x = x.reshape(n, -1, self.hidden_size)  # row-major over the patch grid, as torch's flatten(2)

@@ -45,7 +45,7 @@ from vllama_jax.config import BEATsConfig, ConfigError
 from vllama_jax.layers.attention import dot_product_attention
 from vllama_jax.layers.linear import Dense, default_kernel_init
 from vllama_jax.layers.norms import LayerNorm
-from vllama_jax.layers.regstage import conv
+from vllama_jax.layers.conv import Conv
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -215,7 +215,7 @@ class BEATs(nn.Module):
         if fbank.ndim != 3 or fbank.shape[1] < p or fbank.shape[2] % p:
             raise ValueError(f"BEATs takes an fbank (B, frames >= {p}, bins divisible by {p}), got {fbank.shape}")
         x = (fbank.astype(jnp.float32) - cfg.fbank_mean) / (2 * cfg.fbank_std)
-        x = conv(cfg.embed_dim, (p, p), strides=p, use_bias=cfg.conv_bias, dtype=self.dtype,
+        x = Conv(cfg.embed_dim, (p, p), strides=p, use_bias=cfg.conv_bias, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="patch_embedding")(x[..., None].astype(self.dtype))
         x = x.reshape(x.shape[0], -1, cfg.embed_dim)  # (B, T, 8, E) -> (B, T * 8, E): time-major, as torch
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="layer_norm")(x)

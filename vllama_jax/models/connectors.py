@@ -50,7 +50,8 @@ import jax.numpy as jnp
 from vllama_jax.checkpoints.keymap import KeyMap
 from vllama_jax.config import ConfigError, ConnectorConfig, SpatioTemporalSpec
 from vllama_jax.layers.linear import Dense
-from vllama_jax.layers.regstage import RegStage, conv, regstage_key_map
+from vllama_jax.layers.conv import Conv
+from vllama_jax.layers.regstage import RegStage, regstage_key_map
 
 READOUT_DEPTH = 2  # Linear, GELU, Linear after the stages
 
@@ -113,7 +114,7 @@ class SpatioTemporalConnector(nn.Module):
         x = x.reshape(b, t, side, side, x.shape[-1])
         k = self.spec.downsample
         if self.spec.sampler == "conv":
-            x = conv(d, k, strides=k, padding=self.spec.padding, use_bias=True, name="sampler", **kw)(x)
+            x = Conv(d, k, strides=k, padding=self.spec.padding, use_bias=True, name="sampler", **kw)(x)
         else:
             x = nn.avg_pool(x, window_shape=k, strides=k, padding="VALID")
         x = nn.silu(x)

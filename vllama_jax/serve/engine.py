@@ -120,7 +120,14 @@ def sample_rows(logits, keys, temperature, top_k, top_p):
         drawn = jax.random.categorical(sub, x[None], axis=-1)[0].astype(jnp.int32)
         return jnp.where(t > 0, drawn, greedy), key
 
-    return jax.vmap(one)(logits, keys, temperature, top_k, top_p)
+    def next_key(key):  # what `one` returns as the row's next key
+        return jax.random.split(key)[0]
+
+    # A batch of greedy rows (the common case) skips the sorts of top-k / top-p over the vocabulary; the
+    # keys advance as they would have, so a later sampled request's draws do not depend on its neighbours.
+    return jax.lax.cond(jnp.any(temperature > 0),
+                        lambda: jax.vmap(one)(logits, keys, temperature, top_k, top_p),
+                        lambda: (jnp.argmax(logits, axis=-1).astype(jnp.int32), jax.vmap(next_key)(keys)))
 
 
 class Engine:

@@ -195,6 +195,28 @@ def test_prompt_longer_than_context_is_a_clear_error(models):
         model.generate(ids, max_new_tokens=4)
 
 
+def test_video_without_sound_on_a_model_with_large_audio_patches():
+    """The demo's model (BEATs on 64 x 64 fbank patches) answers about a video with no sound: the silent
+    stand-in for the missing audio is one patch long, marked absent, and changes nothing."""
+    from vllama_jax.config import preset
+    from vllama_jax.inference import VideoLLaMA2Model
+    from vllama_jax.models.sequence import dummy_batch
+
+    cfg = preset("demo-av")
+    params = jax.jit(VideoLLaMA2(cfg).init)(jax.random.PRNGKey(0), dummy_batch(cfg))["params"]
+    model = VideoLLaMA2Model(cfg, params)
+    v = cfg.vision
+    video = np.random.default_rng(0).standard_normal((cfg.num_frames, 3, v.image_size, v.image_size)).astype(np.float32)
+    batch = media_batch([{"video": video}], cfg)
+    assert batch["audio"].shape[1] >= cfg.audio.input_patch_size and not batch["has_audio"].any()
+    ids = np.array([[5, VIDEO_TOKEN_INDEX, 6, 7]])
+    out = model.generate(ids, media=[{"video": video}], max_new_tokens=3, stop_at_eos=False)
+    assert out.shape == (1, 3)
+    # The absent audio is not in the sequence: the same tokens as a batch without any audio array.
+    no_audio = {k: batch[k] for k in ("video", "has_video")}
+    np.testing.assert_array_equal(model.generate(ids, media=no_audio, max_new_tokens=3, stop_at_eos=False), out)
+
+
 def _copy_fixture(tmp_path, name="v_mistral_clip_stc"):
     dst = tmp_path / name
     shutil.copytree(FIXTURES / name, dst)

@@ -85,7 +85,10 @@ def media_batch(samples: Sequence[Optional[dict]], config: C.VideoLLaMA2Config, 
                 audio[i], has_a[i] = a, True
         out["audio"], out["has_audio"] = audio, has_a
     elif config.audio is not None:
-        out["audio"], out["has_audio"] = np.zeros((b, 16, 128), np.float32), np.zeros((b,), bool)
+        # No sample has sound: a silent stand-in, marked absent, one BEATs patch long (the demo's BEATs
+        # takes 64-frame patches).
+        f = max(16, config.audio.input_patch_size)
+        out["audio"], out["has_audio"] = np.zeros((b, f, 128), np.float32), np.zeros((b,), bool)
     return out
 
 

@@ -149,3 +149,22 @@ def test_audio_tower_from_the_pt_when_the_checkpoint_has_none(fixtures_dir, tmp_
     folder = _without_audio_tower_keys(fixtures_dir, tmp_path / "without_pt", keep_pt=False)
     with pytest.raises(CheckpointError, match=r"mm_audio_tower 'BEATs_tiny.pt' is not a file"):
         read_videollama2(str(folder))
+
+
+def test_remat_changes_memory_not_gradients():
+    """`remat_policy="full"` (training the tower in audio_finetune / av_joint) recomputes each layer in the
+    backward pass: the same loss and gradients as keeping every activation."""
+    fbank = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 128)).astype(np.float32))
+    params = BEATs(TINY_BEATS).init(jax.random.PRNGKey(0), fbank)["params"]
+
+    def grads(policy):
+        loss = lambda p: jnp.sum(BEATs(TINY_BEATS, remat_policy=policy).apply({"params": p}, fbank) ** 2)
+        return jax.value_and_grad(loss)(params)
+
+    (l0, g0), (l1, g1) = grads("none"), grads("full")
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(
+        BEATs(TINY_BEATS, remat_policy="full").apply({"params": p}, fbank))))(params))
+    assert "remat" in jaxpr or "checkpoint" in jaxpr

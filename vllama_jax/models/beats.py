@@ -43,9 +43,10 @@ from vllama_jax.checkpoints.hf_files import StateDict, read_torch_pickle, torch_
 from vllama_jax.checkpoints.keymap import CheckpointError, KeyMap, to_params
 from vllama_jax.config import BEATsConfig, ConfigError
 from vllama_jax.layers.attention import dot_product_attention
+from vllama_jax.layers.conv import Conv
 from vllama_jax.layers.linear import Dense, default_kernel_init
 from vllama_jax.layers.norms import LayerNorm
-from vllama_jax.layers.conv import Conv
+from vllama_jax.layers.remat import remat
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -162,12 +163,14 @@ class BEATsEncoder(nn.Module):
     """Positional conv, LayerNorm, then the layers (scanned: params stacked on a leading `layers` axis).
 
     (B, N, C) -> (B, N, C). Params: `pos_conv`, `layer_norm`, `relative_attention_bias` (num_buckets, H)
-    (the shared table), `layers/...`.
+    (the shared table), `layers/...`. `remat_policy`: layers/remat.py (training the tower keeps each
+    layer's (B, H, N, N) attention tensors otherwise: ~1.3 GiB a layer for 30 s of audio).
     """
 
     config: BEATsConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x):
@@ -186,7 +189,8 @@ class BEATsEncoder(nn.Module):
         stack = nn.scan(lambda layer, h, bias: (layer(h, bias), None), variable_axes={"params": 0},
                         split_rngs={"params": True}, in_axes=nn.broadcast, length=cfg.encoder_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(BEATsLayer(cfg, self.dtype, self.param_dtype, name="layers"), x, rel_bias)
+        layer = remat(BEATsLayer, self.remat_policy)
+        x, _ = stack(layer(cfg, self.dtype, self.param_dtype, name="layers"), x, rel_bias)
         return x
 
 
@@ -206,6 +210,7 @@ class BEATs(nn.Module):
     config: BEATsConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_policy: str = "none"  # for training: see BEATsEncoder
 
     @nn.compact
     def __call__(self, fbank):
@@ -222,7 +227,7 @@ class BEATs(nn.Module):
         if cfg.embed_dim != cfg.encoder_embed_dim:
             x = Dense(cfg.encoder_embed_dim, (None, "embed"), True, self.dtype, self.param_dtype,
                       name="post_extract_proj")(x)
-        return BEATsEncoder(cfg, self.dtype, self.param_dtype, name="encoder")(x)
+        return BEATsEncoder(cfg, self.dtype, self.param_dtype, self.remat_policy, name="encoder")(x)
 
 
 # ----------------------------------------------------------------------------------------------------

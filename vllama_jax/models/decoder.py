@@ -48,6 +48,7 @@ from vllama_jax.layers.linear import Dense, LayerRef, default_kernel_init
 from vllama_jax.layers.mlp import GatedMLP
 from vllama_jax.layers.moe import SparseMoE, load_balancing_loss
 from vllama_jax.layers.norms import RMSNorm
+from vllama_jax.layers.remat import remat
 from vllama_jax.quantize import QArray
 
 # Logical names of an activation at a block boundary, mapped to the mesh by sharding.LOGICAL_AXIS_RULES.
@@ -96,18 +97,6 @@ def router_aux_loss(intermediates) -> jax.Array:
     return load_balancing_loss(stats[0][0])  # sow keeps a tuple with one entry per call: one call here
 
 
-def _remat(layer_cls, policy: str):
-    """`none`: no remat; `full`: recompute everything in the backward pass; any other name: that
-    `jax.checkpoint_policies` policy (e.g. `dots_saveable`, `dots_with_no_batch_dims_saveable`)."""
-    if policy == "none":
-        return layer_cls
-    if policy == "full":
-        return nn.remat(layer_cls, prevent_cse=False)
-    if not hasattr(jax.checkpoint_policies, policy):
-        raise ValueError(f"remat_policy '{policy}' is not 'none', 'full' or a jax.checkpoint_policies name")
-    return nn.remat(layer_cls, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False)
-
-
 def default_positions(attention_mask, batch: int, length: int, cache_index=None):
     """(B, L) int32 positions of the L new tokens: counted over the unmasked slots (so a left-padded row
     starts at 0 at its first real token), or 0..L-1 (+ cache_index) without a mask."""
@@ -140,7 +129,7 @@ class Decoder(nn.Module):
             cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
             embedding_init=nn.with_logical_partitioning(default_kernel_init, ("vocab", "embed")))
         stack = nn.scan(
-            _remat(DecoderLayer, self.remat_policy),
+            remat(DecoderLayer, self.remat_policy),
             variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"})

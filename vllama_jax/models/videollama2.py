@@ -89,7 +89,7 @@ class VideoLLaMA2(nn.Module):
             self.vision = vision_tower_class(cfg.vision.family)(cfg.vision, **kw)
             self.connector = build_connector(cfg.connector, **kw)
         if cfg.audio is not None:
-            self.audio = BEATs(cfg.audio, **kw)
+            self.audio = BEATs(cfg.audio, remat_policy=self.remat_policy, **kw)
             self.audio_projector = build_connector(cfg.audio_projector, **kw)
 
     # --- encoders --------------------------------------------------------------------------------------

@@ -162,5 +162,8 @@ def test_quick_demo_writes_every_result(tmp_path):
     for name in ("training_curves", "accuracy_per_kind", "stc_vs_mean_pool", "examples"):
         assert (out / r["plots"][name]).is_file()
     assert "overall" in proc.stdout and "mean pool" in proc.stdout  # the table
+    # Each variant started from its calibrated init (release layout, written before its first phase).
+    assert all((out / "runs" / v / "init" / "config.json").is_file() for v in ("stc", "mean_pool"))
+    assert "calibrate_s" in r["timings"]["stc"]
     # The checkpoint is in the release layout and loads back.
     assert (out / r["checkpoints"]["stc"] / "model.safetensors").is_file()

@@ -2,6 +2,7 @@
 
     cfgs = phase_configs(out, "stc", steps={"demo_av": 8})   # TrainConfig per phase, paths under `out`
     build_caches(cfgs, data)                                 # decode every row once (data.write_phase_cache)
+    calibrated_init(cfgs, data)                              # the first phase's start: calibrate.py
     train_variant(cfgs, data, on_phase=...)                  # vllama_jax.train.loop.train, phase after phase
     export_run(cfgs[-1], folder)                             # `vllama-jax convert` of the last phase
 
@@ -15,6 +16,10 @@ folder, picks the model (VARIANTS: the STC connector, or the mean-pooling baseli
 the step counts. Everything a run writes is what `vllama-jax train` writes: metrics.jsonl,
 TensorBoard events, Orbax checkpoints, config.yaml.
 
+The first phase starts from `runs/<variant>/init`: the model's random init with its frozen towers
+calibrated on the joint phase's clips (calibrate.py: their features centred / standardised, folded
+into the towers' weights), written in the release layout. Without it the decoder ignores the media.
+
 Every row of every phase is decoded once into an ArrayRecord cache (the train code's `data.cache`):
 the fbank of a clip's 30 s sound window costs more CPU than a training step spends on the sample, and
 each row is seen several times. Both variants read the same caches (same rows, same pre-processing).
@@ -26,12 +31,21 @@ import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+import flax.linen as nn
+import jax
+
 from vllama_jax.checkpoints.convert import convert
+from vllama_jax.checkpoints.export import save_videollama2
+from vllama_jax.demo.calibrate import calibrate_towers
+from vllama_jax.loading import load_tokenizer
+from vllama_jax.models.sequence import dummy_batch
+from vllama_jax.models.videollama2 import VideoLLaMA2
 from vllama_jax.train.config import load_train_config, phase_config_path
 from vllama_jax.train.loop import train
 
 PHASES = ("demo_video", "demo_audio", "demo_av")
 VARIANTS = {"stc": "demo-av", "mean_pool": "demo-av-meanpool"}  # name -> model preset (vllama_jax/config.py)
+CALIBRATION_BATCHES = 8  # of the joint phase (128 clips at its batch size 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +69,8 @@ class DemoData:
 
 def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None, batch_size: Optional[int] = None,
                   progress_bar: bool = True, fast_compile: bool = False) -> List:
-    """The TrainConfig of every phase for `variant`, its paths under `out`."""
+    """The TrainConfig of every phase for `variant`, its paths under `out` (the first phase starts from
+    the calibrated init, `calibrated_init`)."""
     cfgs = []
     for phase in PHASES:
         sets = [f"output_dir={os.path.join(out, 'runs', variant, phase)}",
@@ -67,6 +82,8 @@ def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None
                 f"data.cache={os.path.join(out, 'cache', phase)}",
                 f"train.progress_bar={str(progress_bar).lower()}",
                 f"train.fast_compile={str(fast_compile).lower()}"]
+        if phase == PHASES[0]:
+            sets.append(f"init.checkpoint={os.path.join(out, 'runs', variant, 'init')}")
         if steps and phase in steps:
             sets.append(f"train.steps={steps[phase]}")
         if batch_size:
@@ -79,6 +96,23 @@ def build_caches(cfgs, data: DemoData) -> None:
     """Decode each phase's rows into its `data.cache` folder, unless a complete cache is there."""
     for cfg in cfgs:
         data.write_phase_cache(cfg)
+
+
+def calibrated_init(cfgs, data: DemoData, num_batches: int = CALIBRATION_BATCHES) -> str:
+    """Write the first phase's `init.checkpoint` (unless it is there): the model's random init (seed
+    `train.seed`) with its towers calibrated on the first batches of the last (joint) phase, whose rows
+    carry both video and sound; release layout, with the demo's tokenizer."""
+    first, joint = cfgs[0], cfgs[-1]
+    folder = first.init.checkpoint
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    model_cfg = first.model.resolve()
+    model = VideoLLaMA2(model_cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(first.train.seed), dummy_batch(model_cfg))["params"])
+    source = data.train_data(joint, model_cfg)
+    n = max(1, min(num_batches, source.num_rows // joint.train.global_batch_size))
+    params = calibrate_towers(model, params, (source.batches[k] for k in range(n)))
+    return save_videollama2(folder, model_cfg, params, tokenizer=load_tokenizer(first.data.tokenizer))
 
 
 def train_variant(cfgs, data: DemoData, on_phase: Optional[Callable[[str, float], None]] = None

@@ -6,7 +6,8 @@
    original's format for each phase, held-out questions of five kinds; a word-level tokenizer of that
    text and the vision tower's pre-processing config.
 2. For each variant, the STC connector (`demo-av`) and the mean-pooling baseline (`demo-av-meanpool`):
-   the phases demo_video -> demo_audio -> demo_av with the real train code (recipe.py), the last
+   the towers calibrated on training clips (calibrate.py), then the phases demo_video -> demo_audio ->
+   demo_av with the real train code (recipe.py), the last
    checkpoint converted to the release layout, loaded back with `vllama_jax.load`, and every held-out
    question answered through `vllama-jax answer`'s batched path (evaluate.py).
 3. DIR/results.json, a table on the terminal, plots and example frames (report.py).
@@ -33,7 +34,8 @@ from vllama_jax.checkpoints.export import processor_config
 from vllama_jax.config import preset
 from vllama_jax.demo import report
 from vllama_jax.demo.evaluate import answer_questions, by_template, score
-from vllama_jax.demo.recipe import VARIANTS, DemoData, build_caches, export_run, phase_configs, train_variant
+from vllama_jax.demo.recipe import (VARIANTS, DemoData, build_caches, calibrated_init, export_run, phase_configs,
+                                   train_variant)
 from vllama_jax.demo.tokenizer import word_tokenizer
 from vllama_jax.inference import enable_compilation_cache
 
@@ -132,6 +134,9 @@ def run_demo(out: str, data_side: DemoData, quick: bool = False, seed: int = 0,
     for v in variants:
         vt: Dict[str, float] = {}
         stage(f"{v}: training")
+        t = time.perf_counter()
+        calibrated_init(cfgs[v], data_side)
+        vt["calibrate_s"] = time.perf_counter() - t
         train_variant(cfgs[v], data_side, on_phase=lambda name, s: vt.__setitem__(f"train_{name}_s", s))
         t = time.perf_counter()
         checkpoints[v] = export_run(cfgs[v][-1], os.path.join(out, "checkpoints", v))

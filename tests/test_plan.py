@@ -83,3 +83,16 @@ def test_plan_bad_input_names_the_flag(tmp_path, capsys, flags, named):
     assert rc == 2 and plan is None
     for word in named:
         assert word in err
+
+
+def test_a_mesh_that_does_not_tile_the_torus_still_builds():
+    # jax's torus-aware layout has no place for fsdp=32 x tensor=4 on a v6e 8x16 (it raised
+    # NotImplementedError from `plan --mesh fsdp=32,tensor=4`); the devices go in order instead.
+    from vllama_jax.sharding import make_mesh
+    from vllama_jax.train.plan import topology_devices
+    devices = topology_devices("v6e:8x16")
+    mesh = make_mesh({"fsdp": 32, "tensor": 4}, devices)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 32, "tensor": 4, "expert": 1}
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+    tiled = make_mesh({"fsdp": 16, "tensor": 8}, devices)  # one that tiles keeps jax's layout
+    assert dict(tiled.shape)["tensor"] == 8

@@ -99,8 +99,16 @@ def make_mesh(shape: Mapping[str, int], devices: Optional[Sequence[Any]] = None)
         raise ValueError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, there are {len(devices)}")
     # Auto axes: sharding follows the logical constraints and XLA's propagation (jax 0.10 defaults to
     # Explicit axes, which Linen's logical constraints do not use).
-    return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=axis_types, devices=devices)
+    except NotImplementedError as e:
+        # jax lays the axes along the slice's torus, and some shapes do not tile it (fsdp=32, tensor=4
+        # on a v6e 8x16). The mesh is still valid with the devices in order, only less local.
+        log.warning("mesh %s does not tile the devices' physical torus (%s); devices assigned in order, "
+                    "so an axis may span more links", sizes, str(e).splitlines()[0])
+        return jax.sharding.Mesh(np.asarray(devices, dtype=object).reshape(tuple(sizes.values())), MESH_AXES,
+                                 axis_types=axis_types)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ class Settings:
     fast_compile: bool = False  # train.fast_compile: half the compile time, slower steps (few steps: worth it)
 
 
-DEFAULT = Settings(num_train=600, num_test=80, num_audio=200, per_kind=40, steps={})
+DEFAULT = Settings(num_train=1200, num_test=80, num_audio=400, per_kind=40, steps={})
 # For CI: every stage on a few clips and steps (the accuracy bar is the default run's).
 QUICK = Settings(num_train=24, num_test=10, num_audio=8, per_kind=4,
                  steps={"demo_video": 2, "demo_audio": 2, "demo_av": 3}, batch_size=8, answer_batch=8,

@@ -143,6 +143,25 @@ def test_annotations_train_without_a_bad_row(dataset, tmp_path):
                 assert s["audio"].shape == AUDIO_SHAPE and s["audio"].std() > 1.0  # a sound, not silence
 
 
+def test_scores_carry_their_standard_errors():
+    from vllama_jax.demo.evaluate import paired_difference, score
+
+    def rows(correct):
+        return [{"id": i, "kind": "audio" if i < 4 else "spatial", "chance": 0.5, "correct": c}
+                for i, c in enumerate(correct)]
+
+    a, b = rows([1, 1, 1, 0, 1, 0]), rows([0, 1, 1, 0, 1, 1])
+    s = score(a, ("spatial", "audio"))
+    assert s["categories"] == {"spatial": 0.5, "audio": 0.75}
+    # sample standard deviation / sqrt(n): audio 1,1,1,0 -> sqrt(0.25 / 4); spatial 1,0 -> sqrt(0.5 / 2)
+    assert s["stderr"]["audio"] == pytest.approx(0.25)
+    assert s["stderr"]["spatial"] == pytest.approx(0.5)
+    gap = paired_difference(a, b, ("spatial", "audio"))
+    assert gap["audio"]["difference"] == pytest.approx(0.25) and gap["audio"]["questions"] == 4
+    assert gap["spatial"]["difference"] == pytest.approx(-0.5)  # (1 - 1 + 0 - 1) / 2
+    assert gap["overall"]["difference"] == pytest.approx(0.0)
+
+
 @pytest.mark.slow
 def test_quick_demo_writes_every_result(tmp_path):
     out = tmp_path / "demo"
@@ -157,6 +176,11 @@ def test_quick_demo_writes_every_result(tmp_path):
     assert set(r["categories"]) == set(r["baseline_mean_pool"]) - {"overall"} == set(qa.KINDS)
     assert all(0 <= v <= 1 for v in list(r["categories"].values()) + list(r["baseline_mean_pool"].values()))
     assert 0 < r["chance"] < 1 and r["errors"] == {"stc": 0, "mean_pool": 0}
+    assert set(r["stderr"]) == set(r["baseline_mean_pool_stderr"]) == set(qa.KINDS) | {"overall"}
+    gap = r["stc_minus_mean_pool"]
+    assert set(gap) == set(qa.KINDS) | {"overall"}
+    for k in qa.KINDS:  # paired on the same questions: the difference of the two accuracies
+        assert gap[k]["difference"] == pytest.approx(r["categories"][k] - r["baseline_mean_pool"][k])
     assert r["examples"] and all({"question", "answer", "expected", "video"} <= set(e) for e in r["examples"])
     assert {"data_s", "cache_s", "total_s", "stc", "mean_pool"} <= set(r["timings"])
     for name in ("training_curves", "accuracy_per_kind", "stc_vs_mean_pool", "examples"):

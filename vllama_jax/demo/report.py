@@ -23,18 +23,26 @@ LABELS = {"stc": "STC connector", "mean_pool": "mean pooling (mlp2x_gelu)"}
 
 
 def table(results: dict) -> str:
-    cats = results["categories"]
+    """Accuracy +- one standard error per kind; "STC - pool": the paired difference on the same questions."""
+    cats = dict(results["categories"], overall=results["overall"])
+    se = results.get("stderr") or {}
     base = results.get("baseline_mean_pool") or {}
-    chance = results["chance_by_kind"]
-    counts = results["counts"]
-    lines = [f"{'kind':<14}{'questions':>10}{'STC':>8}{'mean pool':>11}{'chance':>8}"]
+    base_se = results.get("baseline_mean_pool_stderr") or {}
+    gap = results.get("stc_minus_mean_pool") or {}
+    chance = dict(results["chance_by_kind"], overall=results["chance"])
+    counts = dict(results["counts"], overall=sum(results["counts"].values()))
+
+    def acc(v, e):
+        return "" if v is None else f"{v:.2f} +- {e or 0:.2f}"
+
+    def diff(g):
+        return "" if g is None else f"{g['difference']:+.2f} +- {g['stderr']:.2f}"
+
+    lines = [f"{'kind':<14}{'questions':>10}{'STC':>14}{'mean pool':>14}{'STC - pool':>15}{'chance':>8}"]
     for kind in cats:
-        b = base.get(kind)
-        lines.append(f"{kind:<14}{counts[kind]:>10}{cats[kind]:>8.2f}{'' if b is None else f'{b:.2f}':>11}"
-                     f"{chance[kind]:>8.2f}")
-    b = base.get("overall")
-    lines.append(f"{'overall':<14}{sum(counts.values()):>10}{results['overall']:>8.2f}"
-                 f"{'' if b is None else f'{b:.2f}':>11}{results['chance']:>8.2f}")
+        lines.append(f"{kind:<14}{counts[kind]:>10}{acc(cats[kind], se.get(kind)):>14}"
+                     f"{acc(base.get(kind), base_se.get(kind)):>14}"
+                     f"{diff(gap.get(kind)):>15}{chance[kind]:>8.2f}")
     return "\n".join(lines)
 
 
@@ -78,7 +86,9 @@ def plot_accuracy(results: dict, path: str) -> str:
     kinds = list(results["categories"])
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=90)
     x = np.arange(len(kinds))
-    ax.bar(x, [results["categories"][k] for k in kinds], color="tab:blue", label="STC (trained demo model)")
+    se = results.get("stderr") or {}
+    ax.bar(x, [results["categories"][k] for k in kinds], yerr=[se.get(k, 0) for k in kinds], capsize=3,
+           color="tab:blue", label="STC (trained demo model), +- 1 s.e.")
     ax.scatter(x, [results["chance_by_kind"][k] for k in kinds], marker="_", s=600, color="k", zorder=3,
                label="chance")
     ax.set_xticks(x, kinds)
@@ -98,15 +108,18 @@ def plot_stc_vs_pool(results: dict, path: str) -> str:
     kinds = [k for k in results["categories"] if k in base]
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=90)
     x = np.arange(len(kinds))
-    ax.bar(x - 0.2, [results["categories"][k] for k in kinds], 0.4, label=LABELS["stc"])
-    ax.bar(x + 0.2, [base[k] for k in kinds], 0.4, label=LABELS["mean_pool"])
+    se, base_se = results.get("stderr") or {}, results.get("baseline_mean_pool_stderr") or {}
+    ax.bar(x - 0.2, [results["categories"][k] for k in kinds], 0.4, yerr=[se.get(k, 0) for k in kinds], capsize=3,
+           label=LABELS["stc"])
+    ax.bar(x + 0.2, [base[k] for k in kinds], 0.4, yerr=[base_se.get(k, 0) for k in kinds], capsize=3,
+           label=LABELS["mean_pool"])
     ax.scatter(x, [results["chance_by_kind"][k] for k in kinds], marker="_", s=900, color="k", zorder=3,
                label="chance")
     ax.set_xticks(x, kinds)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.2)  # room for the legend above the bars
     ax.set_ylabel("accuracy (held-out clips)")
-    ax.set_title("STC connector vs mean pooling of the frames", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("STC connector vs mean pooling of the frames (+- 1 s.e.)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

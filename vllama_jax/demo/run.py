@@ -12,9 +12,10 @@
    question answered through `vllama-jax answer`'s batched path (evaluate.py).
 3. DIR/results.json, a table on the terminal, plots and example frames (report.py).
 
-results.json: {"overall", "chance", "categories": {kind: accuracy}, "baseline_mean_pool": {kind: accuracy,
-"overall"}, "chance_by_kind", "counts", "by_template" (both variants), "examples": [...],
-"timings": {...}, "settings", "checkpoints"}. The accuracies are measured on this run; nothing is
+results.json: {"overall", "chance", "categories": {kind: accuracy}, "stderr": {kind or "overall": standard
+error}, "baseline_mean_pool": {kind: accuracy, "overall"}, "baseline_mean_pool_stderr", "stc_minus_mean_pool":
+{kind or "overall": {"difference", "stderr", "questions"}} (paired, same questions), "chance_by_kind",
+"counts", "by_template" (both variants), "examples": [...], "timings": {...}, "settings", "checkpoints"}. The accuracies are measured on this run; nothing is
 looked up. Rerunning into the same folder reuses the data, caches and finished phases.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import vllama_jax
 from vllama_jax.checkpoints.export import processor_config
 from vllama_jax.config import preset
 from vllama_jax.demo import report
-from vllama_jax.demo.evaluate import answer_questions, by_template, score
+from vllama_jax.demo.evaluate import answer_questions, by_template, paired_difference, score
 from vllama_jax.demo.recipe import (VARIANTS, DemoData, build_caches, calibrated_init, export_run, phase_configs,
                                    train_variant)
 from vllama_jax.demo.tokenizer import word_tokenizer
@@ -54,7 +55,8 @@ class Settings:
     fast_compile: bool = False  # train.fast_compile: half the compile time, slower steps (few steps: worth it)
 
 
-DEFAULT = Settings(num_train=1200, num_test=80, num_audio=400, per_kind=40, steps={})
+# 100 held-out questions a kind: a kind's accuracy to within about 0.05 (one standard error).
+DEFAULT = Settings(num_train=1200, num_test=200, num_audio=400, per_kind=100, steps={})
 # For CI: every stage on a few clips and steps (the accuracy bar is the default run's).
 QUICK = Settings(num_train=24, num_test=10, num_audio=8, per_kind=4,
                  steps={"demo_video": 2, "demo_audio": 2, "demo_av": 3}, batch_size=8, answer_batch=8,
@@ -164,8 +166,12 @@ def run_demo(out: str, data_side: DemoData, quick: bool = False, seed: int = 0,
         "overall": main["overall"],
         "chance": main["chance"],
         "categories": main["categories"],
+        "stderr": main["stderr"],
         "baseline_mean_pool": (dict(scored["mean_pool"]["categories"], overall=scored["mean_pool"]["overall"])
                                if "mean_pool" in scored else None),
+        "baseline_mean_pool_stderr": scored["mean_pool"]["stderr"] if "mean_pool" in scored else None,
+        "stc_minus_mean_pool": (paired_difference(answered["stc"], answered["mean_pool"], data_side.kinds)
+                                if {"stc", "mean_pool"} <= set(answered) else None),
         "chance_by_kind": main["chance_by_kind"],
         "counts": main["counts"],
         "errors": {v: s["errors"] for v, s in scored.items()},

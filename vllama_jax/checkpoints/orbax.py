@@ -36,16 +36,19 @@ from jax.sharding import NamedSharding, PartitionSpec
 log = logging.getLogger(__name__)
 
 
+def _item_handlers() -> dict:
+    """A handler for each of the three items (a reader that knew fewer would warn about the others)."""
+    import grain
+    return {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler()}
+
+
 class Checkpointer:
     def __init__(self, directory: str, every: int = 500, keep: Optional[int] = 2, async_save: bool = True):
-        import grain
         self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep,
                                                enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler()})
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -104,8 +107,8 @@ def read_run_params(run_dir: str, shardings=None, step: Optional[int] = None):
     `shardings`: a NamedSharding pytree for (some of) the params, matched by path; params it does not
     cover are replicated on the first sharding's mesh, or left on the default device without one."""
     directory = run_checkpoint_dir(run_dir)
-    manager = ocp.CheckpointManager(directory, item_handlers={"params": ocp.StandardCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = ocp.CheckpointManager(directory, item_handlers=_item_handlers(), options=ocp.CheckpointManagerOptions(
+        read_only=True, save_interval_steps=0, create=False))  # what read_only implies, said (Orbax warns otherwise)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to start from")

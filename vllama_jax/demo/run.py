@@ -12,11 +12,11 @@
    question answered through `vllama-jax answer`'s batched path (evaluate.py).
 3. DIR/results.json, a table on the terminal, plots and example frames (report.py).
 
-results.json: {"overall", "chance", "categories": {kind: accuracy}, "stderr": {kind or "overall": standard
-error}, "baseline_mean_pool": {kind: accuracy, "overall"}, "baseline_mean_pool_stderr", "stc_minus_mean_pool":
-{kind or "overall": {"difference", "stderr", "questions"}} (paired, same questions), "chance_by_kind",
-"counts", "by_template" (both variants), "examples": [...], "timings": {...}, "settings", "checkpoints"}. The accuracies are measured on this run; nothing is
-looked up. Rerunning into the same folder reuses the data, caches and finished phases.
+results.json: {"overall", "chance", "categories": {kind: accuracy}, "stderr": {kind or "overall":
+standard error}, "baseline_mean_pool": {kind: accuracy, "overall"}, "baseline_mean_pool_stderr",
+"stc_minus_mean_pool": {kind or "overall": {"difference", "stderr", "questions"}} (paired, same questions),
+"chance_by_kind", "counts", "by_template" (both variants), "examples": [...], "timings": {...}, "settings",
+"checkpoints"}. The accuracies are measured on this run; nothing is looked up. Rerunning into the same folder reuses the data, caches and finished phases.
 """
 from __future__ import annotations
 

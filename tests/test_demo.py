@@ -162,6 +162,24 @@ def test_scores_carry_their_standard_errors():
     assert gap["overall"]["difference"] == pytest.approx(0.0)
 
 
+def test_accuracy_by_answer_format():
+    """The same templates asked short and as multiple choice are scored apart (hand-counted rows)."""
+    from vllama_jax.demo.evaluate import by_format, by_template_format
+
+    rows = [{"template": "count", "options": None, "chance": 1 / 3, "correct": True},
+            {"template": "count", "options": None, "chance": 1 / 3, "correct": True},
+            {"template": "count", "options": ["one", "two", "three"], "chance": 1 / 3, "correct": False},
+            {"template": "pitch", "options": ["high", "low"], "chance": 0.5, "correct": True},
+            {"template": "pitch", "options": None, "chance": 0.5, "correct": False}]
+    f = by_format(rows)
+    assert f["short"]["questions"] == 3 and f["short"]["accuracy"] == pytest.approx(2 / 3)
+    assert f["short"]["chance"] == pytest.approx((1 / 3 + 1 / 3 + 0.5) / 3)
+    assert f["multiple_choice"]["questions"] == 2 and f["multiple_choice"]["accuracy"] == pytest.approx(0.5)
+    assert f["multiple_choice"]["stderr"] == pytest.approx(0.5)  # 1, 0: sample sd sqrt(0.5) / sqrt(2)
+    assert by_template_format(rows) == {"count": {"multiple_choice": 0.0, "short": 1.0},
+                                        "pitch": {"multiple_choice": 1.0, "short": 0.0}}
+
+
 @pytest.mark.slow
 def test_quick_demo_writes_every_result(tmp_path):
     out = tmp_path / "demo"
@@ -181,6 +199,11 @@ def test_quick_demo_writes_every_result(tmp_path):
     assert set(gap) == set(qa.KINDS) | {"overall"}
     for k in qa.KINDS:  # paired on the same questions: the difference of the two accuracies
         assert gap[k]["difference"] == pytest.approx(r["categories"][k] - r["baseline_mean_pool"][k])
+    for v in ("stc", "mean_pool"):  # the same questions, split by answer format
+        fmt = r["by_format"][v]
+        assert sum(f["questions"] for f in fmt.values()) == sum(r["counts"].values())
+        assert set(r["by_template_format"][v]) == set(r["by_template"][v])
+    assert "mult. choice" in proc.stdout or "short" in proc.stdout
     assert r["examples"] and all({"question", "answer", "expected", "video"} <= set(e) for e in r["examples"])
     assert {"data_s", "cache_s", "total_s", "stc", "mean_pool"} <= set(r["timings"])
     for name in ("training_curves", "accuracy_per_kind", "stc_vs_mean_pool", "examples"):

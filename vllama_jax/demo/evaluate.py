@@ -3,6 +3,7 @@
     rows = answer_questions(model, questions, data_folder)   # + "answer", "correct" per question
     scores = score(rows, kinds) # {"overall", "chance", "categories", "stderr", "chance_by_kind", "counts"}
     gap = paired_difference(rows_a, rows_b, kinds)            # {kind: {"difference", "stderr"}}, same questions
+    formats = by_format(rows)   # {"short" | "multiple_choice": {"accuracy", "stderr", "chance", "questions"}}
 
 A question is right when the answer, lower-cased and stripped of punctuation, is the expected word
 (or, for multiple choice, the expected letter): exact match, no partial credit. A question the model
@@ -84,6 +85,31 @@ def paired_difference(rows_a: Sequence[dict], rows_b: Sequence[dict], kinds: Seq
         d = [float(a["correct"]) - float(b["correct"]) for a, b in pairs if k == "overall" or a["kind"] == k]
         out[k] = {"difference": sum(d) / len(d), "stderr": _stderr(d), "questions": len(d)}
     return out
+
+
+def answer_format(row: dict) -> str:
+    return "multiple_choice" if row.get("options") else "short"
+
+
+def by_format(rows: Sequence[dict]) -> Dict[str, dict]:
+    """Accuracy of the short and of the multiple-choice questions (the same templates asked two ways: a
+    model that reads the media but not the options scores well on the first only)."""
+    out = {}
+    for fmt in ("short", "multiple_choice"):
+        picked = [r for r in rows if answer_format(r) == fmt]
+        if picked:
+            out[fmt] = {"accuracy": sum(r["correct"] for r in picked) / len(picked),
+                        "stderr": _stderr([r["correct"] for r in picked]),
+                        "chance": sum(r["chance"] for r in picked) / len(picked), "questions": len(picked)}
+    return out
+
+
+def by_template_format(rows: Sequence[dict]) -> Dict[str, Dict[str, float]]:
+    """Accuracy per template and answer format: {"colour": {"short": 0.3, "multiple_choice": 0.25}, ...}."""
+    out: Dict[str, Dict[str, List[bool]]] = {}
+    for r in rows:
+        out.setdefault(r["template"], {}).setdefault(answer_format(r), []).append(r["correct"])
+    return {t: {f: sum(v) / len(v) for f, v in sorted(fs.items())} for t, fs in sorted(out.items())}
 
 
 def by_template(rows: Sequence[dict]) -> Dict[str, float]:

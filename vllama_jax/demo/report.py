@@ -1,6 +1,6 @@
 """What the demo shows: the results table on the terminal, plots and example frames in its folder.
 
-    print(table(results))                   # accuracy per kind: STC, mean pooling, chance
+    print(table(results))                   # accuracy per kind and per answer format: STC, mean pooling, chance
     plot_training(runs, "curves.png")       # loss per step of every phase, both variants
     plot_accuracy(results, "acc.png")       # STC per kind against chance
     plot_stc_vs_pool(results, "cmp.png")    # STC vs mean pooling per kind
@@ -43,6 +43,13 @@ def table(results: dict) -> str:
         lines.append(f"{kind:<14}{counts[kind]:>10}{acc(cats[kind], se.get(kind)):>14}"
                      f"{acc(base.get(kind), base_se.get(kind)):>14}"
                      f"{diff(gap.get(kind)):>15}{chance[kind]:>8.2f}")
+    formats = results.get("by_format") or {}
+    stc, pool = formats.get("stc") or {}, formats.get("mean_pool") or {}
+    for fmt, name in (("short", "short"), ("multiple_choice", "mult. choice")):
+        if fmt in stc:
+            p = pool.get(fmt) or {}
+            lines.append(f"{name:<14}{stc[fmt]['questions']:>10}{acc(stc[fmt]['accuracy'], stc[fmt]['stderr']):>14}"
+                         f"{acc(p.get('accuracy'), p.get('stderr')):>14}{'':>15}{stc[fmt]['chance']:>8.2f}")
     return "\n".join(lines)
 
 
@@ -145,7 +152,9 @@ def plot_examples(examples: Sequence[dict], data_folder: str, path: str, num_fra
         mark = "right" if ex["correct"] else "WRONG"
         axes[i][0].set_title(f"[{ex['kind']}] {ex['question']}  ->  {ex['answer']!r} "
                              f"(expected {ex['expected']!r}, {mark})", fontsize=7, loc="left")
-    fig.tight_layout()
+    # Each title is wider than the frame it sits on, so tight_layout cannot fit it: fixed margins instead.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.3 / (n * 1.25), wspace=0.05,
+                        hspace=0.45)
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -15,7 +15,8 @@
 results.json: {"overall", "chance", "categories": {kind: accuracy}, "stderr": {kind or "overall":
 standard error}, "baseline_mean_pool": {kind: accuracy, "overall"}, "baseline_mean_pool_stderr",
 "stc_minus_mean_pool": {kind or "overall": {"difference", "stderr", "questions"}} (paired, same questions),
-"chance_by_kind", "counts", "by_template" (both variants), "examples": [...], "timings": {...}, "settings",
+"chance_by_kind", "counts", "by_template", "by_format" (short / multiple_choice: accuracy, stderr, chance,
+questions), "by_template_format" (all three for both variants), "examples": [...], "timings": {...}, "settings",
 "checkpoints"}. The accuracies are measured on this run; nothing is looked up. Rerunning into the same folder reuses the data, caches and finished phases.
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ import vllama_jax
 from vllama_jax.checkpoints.export import processor_config
 from vllama_jax.config import preset
 from vllama_jax.demo import report
-from vllama_jax.demo.evaluate import answer_questions, by_template, paired_difference, score
+from vllama_jax.demo.evaluate import (answer_questions, by_format, by_template, by_template_format, paired_difference,
+                                      score)
 from vllama_jax.demo.recipe import (VARIANTS, DemoData, build_caches, calibrated_init, export_run, phase_configs,
                                    train_variant)
 from vllama_jax.demo.tokenizer import word_tokenizer
@@ -176,6 +178,8 @@ def run_demo(out: str, data_side: DemoData, quick: bool = False, seed: int = 0,
         "counts": main["counts"],
         "errors": {v: s["errors"] for v, s in scored.items()},
         "by_template": {v: by_template(rows) for v, rows in answered.items()},
+        "by_format": {v: by_format(rows) for v, rows in answered.items()},
+        "by_template_format": {v: by_template_format(rows) for v, rows in answered.items()},
         "examples": [],
         "timings": timings,
         "settings": dict(dataclasses.asdict(settings), quick=quick, seed=seed),

@@ -1,7 +1,12 @@
 """Load test of `vllama-jax serve` on 127.0.0.1 against sequential `model.chat` calls, in one run.
 
     python benchmarks/serve_load.py --out DIR [--model DIR] [--clients 8] [--requests 4] [--max-tokens 64]
+                                    [--media-cache-mb 0]
     vllama-jax bench --serve --out DIR                    (the same, from the bench command)
+
+The server runs without its media cache unless `--media-cache-mb` is given: the requests ask about two
+files, so with the cache every request after the first two skips decoding, which model.chat (the
+baseline) does not; both figures are worth knowing, and the setting is in bench.json.
 
 1. Starts `python -m vllama_jax serve` in a subprocess on a free port of 127.0.0.1 (its own process,
    so the clients here do not share its interpreter), with `--max-batch` slots.
@@ -105,9 +110,10 @@ def _request(client, url, body):
     return "".join(pieces), time.perf_counter() - t0, ttft, tokens
 
 
-def start_server(model_dir, port, max_batch, max_len, max_context, decode_steps, log):
+def start_server(model_dir, port, max_batch, max_len, max_context, decode_steps, log, media_cache_mb=0.0):
     cmd = [sys.executable, "-m", "vllama_jax", "serve", "--model", model_dir, "--port", str(port),
-           "--media-root", MEDIA, "--max-batch", str(max_batch), "--decode-steps", str(decode_steps)]
+           "--media-root", MEDIA, "--max-batch", str(max_batch), "--decode-steps", str(decode_steps),
+           "--media-cache-mb", str(media_cache_mb)]
     if max_len:
         cmd += ["--max-len", str(max_len)]
     if max_context:
@@ -125,7 +131,7 @@ def start_server(model_dir, port, max_batch, max_len, max_context, decode_steps,
 
 def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests: int = 4, max_tokens: int = 64,
         max_batch: int = 8, max_len: Optional[int] = 256, max_context: Optional[int] = None, decode_steps: int = 1,
-        log=print) -> dict:
+        log=print, media_cache_mb: float = 0.0) -> dict:
     import httpx
 
     os.makedirs(out_dir, exist_ok=True)
@@ -149,7 +155,8 @@ def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests
     log(f"sequential model.chat: {len(jobs) / seq_wall:.2f} req/s")
 
     # --- concurrent clients against the server ----------------------------------------------------------------
-    proc, base = start_server(model_dir, _free_port(), max_batch, max_len, max_context, decode_steps, log)
+    proc, base = start_server(model_dir, _free_port(), max_batch, max_len, max_context, decode_steps, log,
+                              media_cache_mb)
     url = base + "/chat/completions"
     try:
         with httpx.Client(timeout=600) as c:
@@ -200,6 +207,7 @@ def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests
     entry = {"model": os.path.relpath(model_dir, ROOT) if model_dir.startswith(ROOT) else model_dir,
              "settings": {"clients": clients, "requests_per_client": requests, "max_tokens": max_tokens,
                           "max_batch": max_batch, "max_len": max_len, "decode_steps": decode_steps,
+                          "media_cache_mb": media_cache_mb,
                           "media": [f for _, f in FILES], "greedy": True},
              "sequential_model_chat": sequential, "server_concurrent": concurrent,
              "server_concurrent_streamed": streamed,
@@ -255,6 +263,8 @@ def add_arguments(p):
                    "are ~70 tokens + max_tokens)")
     p.add_argument("--max-context", type=int)
     p.add_argument("--decode-steps", type=int, default=1)
+    p.add_argument("--media-cache-mb", type=float, default=0.0, help="the server's media cache (default 0: every "
+                   "request decodes its media, as each sequential model.chat call does)")
 
 
 def main(argv=None):
@@ -262,7 +272,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     add_arguments(ap)
     a = ap.parse_args(argv)
-    run(a.out, a.model, a.clients, a.requests, a.max_tokens, a.max_batch, a.max_len, a.max_context, a.decode_steps)
+    run(a.out, a.model, a.clients, a.requests, a.max_tokens, a.max_batch, a.max_len, a.max_context, a.decode_steps,
+        media_cache_mb=a.media_cache_mb)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,63 @@ def test_engine_in_split_layout_answers_as_model_chat(vmodel, root):
         st.server.close()
 
 
+def test_media_cache_lru_bytes_and_read_only():
+    from vllama_jax.serve.media_cache import MediaCache
+
+    cache, loads = MediaCache(max_bytes=3 * 400), []
+
+    def loader(i):
+        return lambda: loads.append(i) or np.full((100,), i, np.float32)  # 400 bytes
+
+    for i in (0, 1, 2, 0, 3):  # 0 is used again before 3 arrives: 1 is the least recently used
+        cache.get_or_load(i, loader(i))
+    assert loads == [0, 1, 2, 3]
+    assert cache.stats() == {"entries": 3, "bytes": 1200, "max_bytes": 1200, "hits": 1, "misses": 4}
+    cache.get_or_load(1, loader(1))  # evicted: loaded again, and 2 (now the least recently used) dropped
+    got = cache.get_or_load(3, loader(3))  # still there
+    assert loads == [0, 1, 2, 3, 1]
+    cache.get_or_load(2, loader(2))
+    assert loads == [0, 1, 2, 3, 1, 2]
+    with pytest.raises(ValueError):
+        got[0] = 5.0  # read-only: a request cannot change what the next one reads
+    big = cache.get_or_load("big", lambda: np.zeros((1000,), np.float32))  # larger than the whole cache
+    assert big.shape == (1000,) and cache.stats()["bytes"] <= 1200 and "big" not in cache._entries
+
+
+def test_media_cache_serves_a_file_again_until_it_changes(vmodel, tmp_path):
+    """With --media-cache-mb, a file or data: payload asked about again is not decoded again; a file
+    rewritten in place is; every answer stays model.chat's."""
+    shutil.copy(MEDIA / VIDEO, tmp_path / "clip.mp4")
+    shutil.copy(MEDIA / IMAGE, tmp_path / IMAGE)
+    st = start_in_thread(Server(vmodel, max_batch=2, max_len=1024, media_root=str(tmp_path), media_cache_mb=64))
+    try:
+        client = openai.OpenAI(base_url=st.url, api_key="unused", max_retries=0, timeout=300)
+        health = lambda: httpx.get(st.url.rsplit("/v1", 1)[0] + "/health").json()["media_cache"]
+
+        def ask(q, part):
+            return client.chat.completions.create(model="v_mistral_clip_stc", max_tokens=16,
+                                                  messages=[user(q, part)]).choices[0].message.content
+
+        video = video_part(f"file://{tmp_path / 'clip.mp4'}")
+        ref = reference(vmodel, "What happens?", 16, video=str(tmp_path / "clip.mp4"))[0]
+        assert ask("What happens?", video) == ref
+        assert ask("What happens?", video) == ref
+        assert (health()["misses"], health()["hits"]) == (1, 1)
+        image = image_part(data_url(tmp_path / IMAGE, "image/jpeg"))
+        ref_image = reference(vmodel, "What is unusual here?", 16, image=str(tmp_path / IMAGE))[0]
+        assert ask("What is unusual here?", image) == ask("What is unusual here?", image) == ref_image
+        assert (health()["misses"], health()["hits"]) == (2, 2)
+
+        shutil.copy(MEDIA / AV_VIDEO, tmp_path / "clip.mp4")  # another video under the same name
+        ref_new = reference(vmodel, "What happens?", 16, video=str(tmp_path / "clip.mp4"))[0]
+        assert ask("What happens?", video) == ref_new
+        assert (health()["misses"], health()["hits"]) == (3, 2)
+        assert health()["entries"] == 3 and 0 < health()["bytes"] <= 64 * 2 ** 20
+    finally:
+        st.stop()
+        st.server.close()
+
+
 def test_several_images_are_the_frames_of_a_video(vmodel, vclient, tmp_path):
     """What lmms-eval's OpenAI-compatible models send for a video: its frames as image_url parts."""
     from PIL import Image

@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--requests", type=int, default=4, help="--serve: requests per client")
     p.add_argument("--max-tokens", type=int, default=64, help="--serve: tokens per answer")
     p.add_argument("--decode-steps", type=int, default=1, help="--serve: the server's --decode-steps")
+    p.add_argument("--media-cache-mb", type=float, default=0.0, help="--serve: the server's --media-cache-mb "
+                   "(default 0: every request decodes its media, as each sequential model.chat call does)")
     p.add_argument("--decode-sizes", nargs="+", help="decode case: only these decoder sizes (4x256, 374M, 1B)")
 
 
@@ -47,7 +49,8 @@ def _missing_references():
 def main(args) -> int:
     if args.serve:
         _run_bench_module("serve_load").run(args.out, clients=args.clients, requests=args.requests,
-                                            max_tokens=args.max_tokens, decode_steps=args.decode_steps)
+                                            max_tokens=args.max_tokens, decode_steps=args.decode_steps,
+                                            media_cache_mb=args.media_cache_mb)
         return 0
     missing = _missing_references()
     if missing:

@@ -23,6 +23,9 @@ def add_arguments(p):
     p.add_argument("--max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="request body cap (413 above it)")
     p.add_argument("--workers", type=int, default=2, help="threads decoding media and tokenizing")
+    p.add_argument("--media-cache-mb", type=float, default=1024.0,
+                   help="decoded media kept for later requests about the same file or data (LRU; 0: decode "
+                        "every request)")
     p.add_argument("--decode-steps", type=int, default=1, help="tokens per compiled decode call (1: a request "
                    "joins at the very next token; more: less host work per token)")
     p.add_argument("--no-warmup", action="store_true", help="do not compile the decode step before serving")
@@ -39,7 +42,7 @@ def main(args) -> int:
     server = Server(model, max_batch=args.max_batch, max_len=max_len, media_root=args.media_root,
                     api_key=args.api_key, name=args.served_model_name, max_body=int(args.max_body_mb * 2 ** 20),
                     workers=args.workers, default_max_tokens=args.max_tokens,
-                    decode_steps=args.decode_steps)
+                    decode_steps=args.decode_steps, media_cache_mb=args.media_cache_mb)
     server.start(warmup=not args.no_warmup)
 
     class Announcing(_uvicorn_server_class()):

@@ -1,6 +1,6 @@
 """The HTTP side: FastAPI routes in OpenAI's schema, server-sent events, the API key and the body cap.
 
-    server = Server(model, max_batch=8, media_root="media/", api_key=None)
+    server = Server(model, max_batch=8, media_root="media/", api_key=None, media_cache_mb=1024)
     app = create_app(server)                           # GET /health, GET /v1/models, POST /v1/chat/completions
     handle = start_in_thread(server, "127.0.0.1", 0)    # tests and benchmarks: a real uvicorn server; .port, .stop()
 
@@ -26,6 +26,7 @@ from typing import Optional
 from vllama_jax.serve.engine import Engine
 from vllama_jax.serve.errors import RequestError, error_body
 from vllama_jax.serve.media import MediaRoot
+from vllama_jax.serve.media_cache import MediaCache
 from vllama_jax.serve.openai_schema import ModelInfo, chunk, completion, new_id, parse_request, usage
 from vllama_jax.serve.prompt import prepare
 
@@ -39,7 +40,8 @@ class Server:
 
     def __init__(self, model, max_batch: int = 8, max_len: Optional[int] = None, media_root: Optional[str] = None,
                  api_key: Optional[str] = None, name: Optional[str] = None, max_body: int = DEFAULT_MAX_BODY,
-                 workers: int = 2, default_max_tokens: int = 256, decode_steps: int = 1):
+                 workers: int = 2, default_max_tokens: int = 256, decode_steps: int = 1,
+                 media_cache_mb: float = 0):
         if model.tokenizer is None:
             raise ValueError(f"{model.path}: no tokenizer files in the checkpoint folder; serving needs one")
         self.model = model
@@ -47,6 +49,8 @@ class Server:
         self.engine = Engine(model, max_batch=max_batch, max_len=max_len, tokenizer_lock=self.tokenizer_lock,
                              decode_steps=decode_steps)
         self.root = MediaRoot(media_root)
+        # Decoded media kept for later requests about the same file (0: decode every request).
+        self.media_cache = MediaCache(int(media_cache_mb * 2 ** 20)) if media_cache_mb > 0 else None
         self.api_key = api_key
         self.max_body = max_body
         name = name or os.path.basename(os.path.normpath(model.path or "videollama2"))
@@ -172,7 +176,8 @@ def create_app(server: Server):
     async def health():
         if not engine.alive:
             return _error(503, f"the decode loop is not running ({engine.error!r})", "server_error")
-        return {"status": "ok", **engine.load()}
+        cache = server.media_cache.stats() if server.media_cache is not None else None
+        return {"status": "ok", **engine.load(), "media_cache": cache}
 
     @app.get("/v1/models")
     async def models():
@@ -187,7 +192,7 @@ def create_app(server: Server):
         req = parse_request(body, info)
         loop = asyncio.get_running_loop()
         prompt = await loop.run_in_executor(server.pool, prepare, server.model, req, server.root, info.max_len,
-                                            server.tokenizer_lock)
+                                            server.tokenizer_lock, server.media_cache)
         inbox = _Inbox(loop)
         handle = engine.submit(prompt, req.params, lambda kind, x: inbox.put((kind, x)), stream=req.stream)
         created = int(time.time())

@@ -1,7 +1,11 @@
 """Media references of a request -> local files the pre-processing reads, never from the network.
 
     MediaRoot(root).resolve(url, param)  -> a path under the root (file://) or a temp file (data:)
-    load_media(model, refs, num_frames)  -> {"video": (T, 3, H, W) | "image": (1, 3, H, W), "audio": (F, 128)}
+    load_media(model, refs, root, num_frames, cache=None)
+                                         -> {"video": (T, 3, H, W) | "image": (1, 3, H, W), "audio": (F, 128)}
+
+With a `MediaCache` (media_cache.py), media already decoded for an earlier request (the same file,
+unchanged, or the same data: bytes, at the same frame count) is taken from it instead of decoded again.
 
 A `file://` URL is served only when the server has a media root and the file's real path (symlinks and
 `..` resolved) lies under it; without a root every `file://` URL is refused. A `data:` URL
@@ -14,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import os
 import tempfile
 import urllib.parse
@@ -128,9 +133,29 @@ def resolve(ref: MediaRef, root: MediaRoot) -> Resolved:
     raise RequestError(f"unsupported URL '{url[:60]}': expected a file:// or data: URL", ref.param)
 
 
-def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None) -> dict:
+def cache_key(ref: MediaRef, root: MediaRoot, num_frames: Optional[int]) -> Optional[tuple]:
+    """What identifies a media part's decoded arrays: its content (a file's real path, size, modification
+    time and inode; a payload's SHA-256), its kind and the frame count asked for. None: not cached (a URL
+    `resolve` refuses, so its error is raised there; frames sent as separate images)."""
+    if ref.kind == "frames":
+        return None
+    if ref.data is not None:
+        return (ref.kind, num_frames, "data", (ref.format or "wav").lower(),
+                hashlib.sha256(ref.data.encode()).hexdigest())
+    scheme = ref.url.split(":", 1)[0].lower() if ":" in ref.url else ""
+    if scheme == "data":
+        return (ref.kind, num_frames, "data", hashlib.sha256(ref.url.encode()).hexdigest())
+    if scheme == "file":
+        real = root.file_path(ref.url, ref.param)
+        st = os.stat(real)
+        return (ref.kind, num_frames, "file", real, st.st_size, st.st_mtime_ns, st.st_ino)
+    return None
+
+
+def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None, cache=None) -> dict:
     """Decode a request's media with the model's own pre-processing (`model.load_media` / Processor):
-    -> {"video": (T, 3, H, W)} or {"image": (1, 3, H, W)}, plus {"audio": (F, 128)}."""
+    -> {"video": (T, 3, H, W)} or {"image": (1, 3, H, W)}, plus {"audio": (F, 128)}. `cache`: a
+    MediaCache to read decoded media from and add it to (None: decode every time)."""
     out = {}
     processor = model.processor
     if processor is not None and num_frames is not None and num_frames != processor.num_frames:
@@ -140,20 +165,28 @@ def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None) -
         if ref.kind == "frames":
             out["video"] = _frames_video(ref, root, processor)
             continue
-        with resolve(ref, root) as path:
-            try:
-                if ref.kind == "video":
-                    out["video"] = processor.video(path)
-                elif ref.kind == "image":
-                    out["image"] = processor.image(path)
-                else:
-                    out["audio"] = audio_features(path)
-            except RequestError:
-                raise
-            except Exception as e:  # unreadable / corrupt media: the client's error, named by field
-                msg = str(e).replace(path, "the file") if ref.url is None or not ref.url.startswith("file:") else str(e)
-                raise RequestError(f"cannot read the {ref.kind}: {type(e).__name__}: {msg}", ref.param) from None
+        name = "audio" if ref.kind == "audio" else ref.kind
+        key = cache_key(ref, root, num_frames) if cache is not None else None
+        if key is None:
+            out[name] = _decode(ref, root, processor)
+        else:
+            out[name] = cache.get_or_load(key, lambda: _decode(ref, root, processor))
     return out
+
+
+def _decode(ref: MediaRef, root: MediaRoot, processor):
+    with resolve(ref, root) as path:
+        try:
+            if ref.kind == "video":
+                return processor.video(path)
+            if ref.kind == "image":
+                return processor.image(path)
+            return audio_features(path)
+        except RequestError:
+            raise
+        except Exception as e:  # unreadable / corrupt media: the client's error, named by field
+            msg = str(e).replace(path, "the file") if ref.url is None or not ref.url.startswith("file:") else str(e)
+            raise RequestError(f"cannot read the {ref.kind}: {type(e).__name__}: {msg}", ref.param) from None
 
 
 def _frames_video(ref: MediaRef, root: MediaRoot, processor):

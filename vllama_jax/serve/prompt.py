@@ -1,6 +1,6 @@
 """A parsed request -> the engine's `Prompt`: media decoded, the chat template applied, tokens counted.
 
-    prepare(model, request, root, max_len, tokenizer_lock) -> Prompt(ids (L,), media, n)
+    prepare(model, request, root, max_len, tokenizer_lock, media_cache) -> Prompt(ids (L,), media, n)
 
 Exactly `model.chat`'s pre-processing: `model.processor` (or the same processor at the request's
 `num_frames`) and `audio_features` for the media, `build_prompt` with the modal tag in the first user turn
@@ -25,7 +25,7 @@ from vllama_jax.serve.openai_schema import ChatRequest
 
 
 def prepare(model, req: ChatRequest, root: MediaRoot, max_len: int,
-            tokenizer_lock: Optional[threading.Lock] = None) -> Prompt:
+            tokenizer_lock: Optional[threading.Lock] = None, media_cache=None) -> Prompt:
     lock = tokenizer_lock or threading.Lock()
     tok = model.tokenizer
     with lock:
@@ -50,7 +50,7 @@ def prepare(model, req: ChatRequest, root: MediaRoot, max_len: int,
         raise RequestError(f"the prompt of {n} tokens + max_tokens {p.max_tokens} exceeds this server's context of "
                            f"{max_len} positions", "max_tokens", code="context_length_exceeded")
     p.max_tokens = min(p.max_tokens, max_len - n)
-    media = load_media(model, req.media, root, req.num_frames) if req.media else None
+    media = load_media(model, req.media, root, req.num_frames, media_cache) if req.media else None
     if media is not None and "audio" in media and media["audio"].shape[0] != FBANK_FRAMES:
         raise RequestError(f"audio of {media['audio'].shape[0]} fbank frames, expected {FBANK_FRAMES}",
                            req.media[-1].param)

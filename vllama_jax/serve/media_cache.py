@@ -1,0 +1,64 @@
+"""The server's cache of pre-processed media: a file asked about again is not decoded again.
+
+    cache = MediaCache(max_bytes=1 << 30)
+    frames = cache.get_or_load(key, lambda: processor.video(path))   # (T, 3, H, W), read-only
+    cache.stats()   # {"entries", "bytes", "max_bytes", "hits", "misses"}
+
+Evaluation harnesses and chat front ends ask several questions about one video; each request would
+otherwise decode it again (tens of ms of CPU for a short clip, the dearest part of a request to a small
+model). vLLM keeps the same kind of cache of processed multimodal inputs.
+
+A key names the content and how it was processed, never just a URL: a `file://` path is keyed by its
+real path, size, modification time and inode (a file rewritten in place is decoded again), a `data:`
+URL or `input_audio` payload by the SHA-256 of its bytes; both with the kind (video, image, audio) and
+the frame count asked for (media.py builds the keys). Least recently used entries are dropped once the
+arrays' bytes pass `max_bytes`; an array larger than the whole cache is returned without being kept.
+Arrays are returned read-only, so one request cannot change what the next one reads.
+
+Thread-safe: the server's worker pool looks things up concurrently. Two requests that miss on the same
+key at the same time both decode it (the second result replaces the first; they are equal).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Callable, Hashable
+
+import numpy as np
+
+
+class MediaCache:
+    def __init__(self, max_bytes: int):
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes} (to disable the cache, do not make one)")
+        self.max_bytes = int(max_bytes)
+        self._entries: "collections.OrderedDict[Hashable, np.ndarray]" = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_or_load(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+            self.misses += 1
+        value = np.asarray(load())  # outside the lock: decoding is the slow part
+        value.setflags(write=False)
+        with self._lock:
+            if value.nbytes <= self.max_bytes:
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self._bytes -= old.nbytes
+                self._entries[key] = value
+                self._bytes += value.nbytes
+                while self._bytes > self.max_bytes:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._bytes -= dropped.nbytes
+        return value
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "hits": self.hits, "misses": self.misses}

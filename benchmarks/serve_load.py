@@ -1,6 +1,6 @@
 """Load test of `vllama-jax serve` on 127.0.0.1 against sequential `model.chat` calls, in one run.
 
-    python benchmarks/serve_load.py --out DIR [--model DIR] [--clients 8] [--requests 4] [--max-tokens 64]
+    python benchmarks/serve_load.py --out DIR [--model DIR] [--clients 8] [--requests 16] [--max-tokens 64]
                                     [--media-cache-mb 0]
     vllama-jax bench --serve --out DIR                    (the same, from the bench command)
 
@@ -129,7 +129,7 @@ def start_server(model_dir, port, max_batch, max_len, max_context, decode_steps,
     return p, line.split("on ", 1)[1].split()[0]
 
 
-def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests: int = 4, max_tokens: int = 64,
+def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests: int = 16, max_tokens: int = 64,
         max_batch: int = 8, max_len: Optional[int] = 256, max_context: Optional[int] = None, decode_steps: int = 1,
         log=print, media_cache_mb: float = 0.0) -> dict:
     import httpx
@@ -256,7 +256,8 @@ def plot(entry: dict, path: str):
 def add_arguments(p):
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the AV fixture)")
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--requests", type=int, default=4, help="requests per client")
+    p.add_argument("--requests", type=int, default=16, help="requests per client (16: the ramp-up and the "
+                   "drain at the end are a small part of the run)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-len", type=int, default=256, help="KV-cache length of a slot (the workload's prompts "

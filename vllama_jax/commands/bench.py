@@ -23,7 +23,7 @@ def add_arguments(p):
     p.add_argument("--serve", action="store_true", help="instead: the load test of `vllama-jax serve` against "
                    "sequential model.chat calls (benchmarks/serve_load.py; its options: --clients, --requests, ...)")
     p.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")
-    p.add_argument("--requests", type=int, default=4, help="--serve: requests per client")
+    p.add_argument("--requests", type=int, default=16, help="--serve: requests per client")
     p.add_argument("--max-tokens", type=int, default=64, help="--serve: tokens per answer")
     p.add_argument("--decode-steps", type=int, default=1, help="--serve: the server's --decode-steps")
     p.add_argument("--media-cache-mb", type=float, default=0.0, help="--serve: the server's --media-cache-mb "

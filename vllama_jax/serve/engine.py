@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -85,6 +86,14 @@ class Handle:
         self.finished_at: Optional[float] = None
         self.slot: Optional[int] = None
         self._emitted = 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _prng_key(seed: int) -> np.ndarray:
+    """`jax.random.PRNGKey(seed)` as model.chat makes it, computed once per seed (greedy requests share 0)."""
+    key = np.asarray(jax.random.PRNGKey(seed))
+    key.setflags(write=False)
+    return key
 
 
 def _bucket(n: int, size: int) -> int:
@@ -230,8 +239,8 @@ class Engine:
         ids = np.concatenate([np.zeros((pad,), np.int64), ids])[None]
         mask = np.concatenate([np.zeros((pad,), bool), np.ones((len(prompt.ids),), bool)])[None]
         media = media_batch([prompt.media], self.model.config, num_frames=prompt.num_frames)
-        return {"input_ids": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask),
-                **{k: jnp.asarray(v) for k, v in media.items()}}
+        # numpy: the jitted prefill takes it as it is (no eager device op on the engine thread)
+        return {"input_ids": ids.astype(np.int32), "attention_mask": mask, **{k: np.asarray(v) for k, v in media.items()}}
 
     def _prefill(self, handle: Handle, slot: int):
         batch = self.prefill_batch(handle.prompt)
@@ -241,8 +250,8 @@ class Engine:
         p = handle.params
         t0 = time.perf_counter()
         self._state = self._prefills[key](
-            self.model.params, self._state, batch, jnp.int32(slot), jax.random.PRNGKey(p.seed),
-            jnp.float32(p.temperature), jnp.int32(p.top_k), jnp.float32(p.top_p))
+            self.model.params, self._state, batch, np.int32(slot), _prng_key(p.seed),
+            np.float32(p.temperature), np.int32(p.top_k), np.float32(p.top_p))
         jax.block_until_ready(self._state["pos"])
         self.timers["prefill_s"] += time.perf_counter() - t0
         self.timers["prefills"] += 1
@@ -350,7 +359,7 @@ class Engine:
                 if not any(active_rows):
                     continue
                 t0 = time.perf_counter()
-                self._state, tok = self._step(self.model.params, self._state, jnp.asarray(active_rows))
+                self._state, tok = self._step(self.model.params, self._state, np.asarray(active_rows))
                 tok = np.asarray(tok)  # (B, decode_steps)
                 self.steps += tok.shape[1]
                 now = time.perf_counter()

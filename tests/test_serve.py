@@ -296,6 +296,26 @@ def test_audio_visual_and_sound_file_answer_as_model_chat(avmodel, avclient, roo
     assert "".join(pieces) == ref
 
 
+def test_media_cache_keeps_a_videos_frames_and_sound_apart(avmodel, root):
+    """An audio-visual request about a cached video: its frames and its sound track are two entries, and
+    the second request, served from both, answers as model.chat does."""
+    st = start_in_thread(Server(avmodel, max_batch=2, max_len=2048, media_cache_mb=64))
+    try:
+        client = openai.OpenAI(base_url=st.url, api_key="unused", max_retries=0, timeout=300)
+        ref = reference(avmodel, "What do you see and hear?", 8, video=str(root / AV_VIDEO), audio=True)[0]
+        part = video_part(data_url(root / AV_VIDEO, "video/mp4"))
+        for _ in range(2):
+            r = client.chat.completions.create(model="av_qwen2_clip_stc", max_tokens=8,
+                                               extra_body={"mm_processor_kwargs": {"use_audio_in_video": True}},
+                                               messages=[user("What do you see and hear?", part)])
+            assert r.choices[0].message.content == ref
+        cache = httpx.get(st.url.rsplit("/v1", 1)[0] + "/health").json()["media_cache"]
+        assert (cache["entries"], cache["misses"], cache["hits"]) == (2, 2, 2)
+    finally:
+        st.stop()
+        st.server.close()
+
+
 def test_eight_concurrent_clients_all_answered_correctly(vmodel, vclient, root):
     questions = ["What happens?", "Who is there?", "Describe it.", "Why so?", "What colour?", "How many?",
                  "Where is it?", "What next?"]

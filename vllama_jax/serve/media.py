@@ -165,12 +165,11 @@ def load_media(model, refs, root: MediaRoot, num_frames: Optional[int] = None, c
         if ref.kind == "frames":
             out["video"] = _frames_video(ref, root, processor)
             continue
-        name = "audio" if ref.kind == "audio" else ref.kind
         key = cache_key(ref, root, num_frames) if cache is not None else None
         if key is None:
-            out[name] = _decode(ref, root, processor)
+            out[ref.kind] = _decode(ref, root, processor)
         else:
-            out[name] = cache.get_or_load(key, lambda: _decode(ref, root, processor))
+            out[ref.kind] = cache.get_or_load(key, lambda: _decode(ref, root, processor))
     return out
 
 

@@ -66,8 +66,8 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, F fn) {
 inline float AsFloat(float v) { return v; }
 inline float AsFloat(int8_t v) { return static_cast<float>(v); }
 
-// acc (MB, N) += x[:, k0:k1] @ w[k0:k1, :], four weight rows at a time (each acc row is loaded and stored
-// once per four rows; each weight element is loaded once and used MB times).
+// Portable path (no AVX-512): acc (MB, N) += x[:, k0:k1] @ w[k0:k1, :], four weight rows at a time (each
+// acc row is loaded and stored once per four rows; each weight element is loaded once and used MB times).
 template <int MB, typename W>
 void AccumulateRows(const float* __restrict x, int64_t K, const W* __restrict w, int64_t N, int64_t k0,
                     int64_t k1, float* __restrict acc) {
@@ -98,69 +98,98 @@ void AccumulateRows(const float* __restrict x, int64_t K, const W* __restrict w,
 }
 
 #ifdef __AVX512F__
-// int8 rows on AVX-512: one sign-extending load (16 int8 -> 16 int32) and one convert per 16 weights. GCC's
-// own vectorisation of the int8 loop widens 64 at a time through 16-bit lanes with many shuffles, which made
-// the int8 kernel compute-bound below the memory speed.
-template <int MB>
-void AccumulateRowsS8(const float* __restrict x, int64_t K, const int8_t* __restrict w, int64_t N, int64_t k0,
-                      int64_t k1, float* __restrict acc) {
-  int64_t k = k0;
-  const int64_t n16 = N / 16 * 16;
-  for (; k + 4 <= k1; k += 4) {
-    const int8_t* w0 = w + k * N;
-    __m512 c[MB][4];
-    for (int m = 0; m < MB; ++m)
-      for (int r = 0; r < 4; ++r) c[m][r] = _mm512_set1_ps(x[m * K + k + r]);
-    for (int64_t n = 0; n < n16; n += 16) {
-      __m512 a[4];
-      for (int r = 0; r < 4; ++r)
-        a[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + r * N + n))));
-      for (int m = 0; m < MB; ++m) {
-        __m512 s = _mm512_loadu_ps(acc + m * N + n);
-        for (int r = 0; r < 4; ++r) s = _mm512_fmadd_ps(c[m][r], a[r], s);
-        _mm512_storeu_ps(acc + m * N + n, s);
-      }
-    }
-    for (int64_t n = n16; n < N; ++n)
-      for (int m = 0; m < MB; ++m)
-        for (int r = 0; r < 4; ++r) acc[m * N + n] += x[m * K + k + r] * static_cast<float>(w0[r * N + n]);
-  }
-  for (; k < k1; ++k)
-    for (int m = 0; m < MB; ++m)
-      for (int64_t n = 0; n < N; ++n) acc[m * N + n] += x[m * K + k] * static_cast<float>(w[k * N + n]);
+// On AVX-512, by hand: GCC's own vectorisation of the loop above keeps the accumulators in memory (a load
+// and a store per four weight rows, which made batch 8 compute-bound at half the bandwidth) and widens
+// int8 weights through 16-bit lanes with many shuffles.
+
+// 16 weights of row `row` from column n, as floats.
+inline __m512 LoadW(const float* row, int64_t n) { return _mm512_loadu_ps(row + n); }
+inline __m512 LoadW(const int8_t* row, int64_t n) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + n))));
 }
 
-template <>
-void AccumulateRows<1, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
-                               float* acc) { AccumulateRowsS8<1>(x, K, w, N, k0, k1, acc); }
-template <>
-void AccumulateRows<2, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
-                               float* acc) { AccumulateRowsS8<2>(x, K, w, N, k0, k1, acc); }
-template <>
-void AccumulateRows<3, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
-                               float* acc) { AccumulateRowsS8<3>(x, K, w, N, k0, k1, acc); }
-template <>
-void AccumulateRows<4, int8_t>(const float* x, int64_t K, const int8_t* w, int64_t N, int64_t k0, int64_t k1,
-                               float* acc) { AccumulateRowsS8<4>(x, K, w, N, k0, k1, acc); }
+// acc[:MB, n:n+16*J] += x[:MB, k0:k1] @ w[k0:k1, n:n+16*J], the MB x J accumulators held in registers
+// over all k0..k1 rows (a chunk of a few rows, so the acc memory is read and written once per chunk; each
+// weight vector is loaded once and used for MB rows of x).
+template <int MB, int J, typename W, int64_t PF = 4 * 32 * 4 / sizeof(W)>
+inline void Strip(const float* __restrict x, int64_t K, const W* __restrict w, int64_t N, int64_t k0, int64_t k1,
+                  int64_t n, float* __restrict acc) {
+  __m512 s[MB][J];
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < J; ++j) s[m][j] = _mm512_loadu_ps(acc + m * N + n + 16 * j);
+  for (int64_t k = k0; k < k1; ++k) {
+    const W* row = w + k * N;
+    // A chunk's strips read its rows at a stride of N: too many streams, often 4 KiB apart, for the
+    // hardware prefetcher, so ask for this row's bytes PF weights (four strips) ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(row + n + PF), _MM_HINT_T0);
+    if (sizeof(W) * 16 * J > 64) _mm_prefetch(reinterpret_cast<const char*>(row + n + PF) + 64, _MM_HINT_T0);
+    __m512 a[J];
+    for (int j = 0; j < J; ++j) a[j] = LoadW(row, n + 16 * j);
+    for (int m = 0; m < MB; ++m) {
+      const __m512 c = _mm512_set1_ps(x[m * K + k]);
+      for (int j = 0; j < J; ++j) s[m][j] = _mm512_fmadd_ps(c, a[j], s[m][j]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < J; ++j) _mm512_storeu_ps(acc + m * N + n + 16 * j, s[m][j]);
+}
+
+// acc (MB, N) += x[:, k0:k1] @ w[k0:k1, :] for MB <= 8 rows of x, in chunks of ROWS weight rows: each chunk is
+// swept in strips of 32 columns (16 accumulators for MB = 8, within AVX-512's 32 registers), so every weight
+// is read from memory once for all MB rows and the accumulators go to memory once per chunk.
+template <int MB, typename W>
+void AccumulateRowsAvx512(const float* __restrict x, int64_t K, const W* __restrict w, int64_t N, int64_t k0,
+                          int64_t k1, float* __restrict acc) {
+  constexpr int64_t ROWS = 16;
+  const int64_t n32 = N / 32 * 32, n16 = N / 16 * 16;
+  for (int64_t c0 = k0; c0 < k1; c0 += ROWS) {
+    const int64_t c1 = std::min(k1, c0 + ROWS);
+    for (int64_t n = 0; n < n32; n += 32) Strip<MB, 2>(x, K, w, N, c0, c1, n, acc);
+    if (n16 > n32) Strip<MB, 1>(x, K, w, N, c0, c1, n32, acc);
+    for (int64_t k = c0; k < c1; ++k)
+      for (int m = 0; m < MB; ++m)
+        for (int64_t n = n16; n < N; ++n) acc[m * N + n] += x[m * K + k] * AsFloat(w[k * N + n]);
+  }
+}
 #endif
+
+// acc (MB, N) += x[:, k0:k1] @ w[k0:k1, :] for MB <= 8 rows of x.
+template <int MB, typename W>
+void AccumulateGroup(const float* x, int64_t K, const W* w, int64_t N, int64_t k0, int64_t k1, float* acc) {
+#ifdef __AVX512F__
+  AccumulateRowsAvx512<MB>(x, K, w, N, k0, k1, acc);
+#else
+  for (int m0 = 0; m0 < MB; m0 += 4) {
+    switch (std::min(4, MB - m0)) {
+      case 1: AccumulateRows<1>(x + m0 * K, K, w, N, k0, k1, acc + m0 * N); break;
+      case 2: AccumulateRows<2>(x + m0 * K, K, w, N, k0, k1, acc + m0 * N); break;
+      case 3: AccumulateRows<3>(x + m0 * K, K, w, N, k0, k1, acc + m0 * N); break;
+      default: AccumulateRows<4>(x + m0 * K, K, w, N, k0, k1, acc + m0 * N); break;
+    }
+  }
+#endif
+}
 
 template <typename W>
 void AccumulateBlock(const float* x, int64_t M, int64_t K, const W* w, int64_t N, int64_t k0, int64_t k1,
                      float* acc) {
-  // Batch rows in groups of up to 4 (more accumulators spill registers), over row sub-blocks of ~256 KiB of
-  // weights, so that a group after the first reads the sub-block from L2 rather than from memory again.
-  const int64_t sub = std::max<int64_t>(4, ((256 << 10) / (N * static_cast<int64_t>(sizeof(W)))) / 4 * 4);
+  // Batch rows in groups of up to 8, over row sub-blocks of ~256 KiB of weights, so that a group after the
+  // first (M > 8) reads the sub-block from L2 rather than from memory again.
+  const int64_t sub = std::max<int64_t>(16, ((256 << 10) / (N * static_cast<int64_t>(sizeof(W)))) / 16 * 16);
   for (int64_t s0 = k0; s0 < k1; s0 += sub) {
     const int64_t s1 = std::min(k1, s0 + sub);
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
       const float* xm = x + m0 * K;
       float* am = acc + m0 * N;
-      switch (std::min<int64_t>(4, M - m0)) {
-        case 1: AccumulateRows<1>(xm, K, w, N, s0, s1, am); break;
-        case 2: AccumulateRows<2>(xm, K, w, N, s0, s1, am); break;
-        case 3: AccumulateRows<3>(xm, K, w, N, s0, s1, am); break;
-        default: AccumulateRows<4>(xm, K, w, N, s0, s1, am); break;
+      switch (std::min<int64_t>(8, M - m0)) {
+        case 1: AccumulateGroup<1>(xm, K, w, N, s0, s1, am); break;
+        case 2: AccumulateGroup<2>(xm, K, w, N, s0, s1, am); break;
+        case 3: AccumulateGroup<3>(xm, K, w, N, s0, s1, am); break;
+        case 4: AccumulateGroup<4>(xm, K, w, N, s0, s1, am); break;
+        case 5: AccumulateGroup<5>(xm, K, w, N, s0, s1, am); break;
+        case 6: AccumulateGroup<6>(xm, K, w, N, s0, s1, am); break;
+        case 7: AccumulateGroup<7>(xm, K, w, N, s0, s1, am); break;
+        default: AccumulateGroup<8>(xm, K, w, N, s0, s1, am); break;
       }
     }
   }

@@ -81,14 +81,21 @@ def fbank(wave, sample_rate: int = 16000, num_mel_bins: int = 128) -> np.ndarray
     fft_size = 1 << (window - 1).bit_length()  # next power of two: 400 -> 512
 
     num_frames = 1 + (wave.shape[0] - window) // shift
-    starts = shift * np.arange(num_frames)[:, None]
-    frames = (wave * 2.0 ** 15)[starts + np.arange(window)[None, :]]  # (frames, window)
+    out = np.full((num_frames, num_mel_bins), np.log(LOG_FLOOR), np.float32)
+    # A frame of zeros (the padding after a short track: often most of the 30 s window) has zero energy
+    # in every bin, so its row is the log floor: only the frames with sound are computed.
+    windows = np.lib.stride_tricks.sliding_window_view(wave, window)[::shift][:num_frames]  # no copy
+    live = np.flatnonzero(np.any(windows != 0.0, axis=1))
+    if live.size == 0:
+        return out
+    frames = windows[live] * 2.0 ** 15  # (live frames, window)
 
-    frames = frames - frames.mean(axis=1, keepdims=True)
+    frames -= frames.mean(axis=1, keepdims=True)
     # Pre-emphasis x[i] - 0.97 x[i-1]; Kaldi uses x[0] itself as the sample before the first.
     previous = np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
     frames = (frames - PREEMPHASIS * previous) * povey_window(window)
 
     power = np.abs(np.fft.rfft(frames, n=fft_size, axis=1)) ** 2  # (frames, fft_size // 2 + 1)
     energies = power @ mel_banks(num_mel_bins, fft_size, float(sample_rate))
-    return np.log(np.maximum(energies, LOG_FLOOR)).astype(np.float32)
+    out[live] = np.log(np.maximum(energies, LOG_FLOOR))
+    return out

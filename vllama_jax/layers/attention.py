@@ -33,20 +33,23 @@ def dot_product_attention(q, k, v, mask=None, bias=None, scale=None):
     Softmax in float32. Returns (B, Lq, H, hd).
     """
     b, lq, h, hd = q.shape
-    kvh = k.shape[2]
+    lk, kvh = k.shape[1], k.shape[2]
     groups = h // kvh
     scale = hd ** -0.5 if scale is None else scale
-    qg = q.reshape(b, lq, kvh, groups, hd)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) * scale  # (B, KVH, G, Lq, Lk)
-    logits = logits.reshape(b, h, lq, k.shape[1])
+    # Heads first, and a KV head's query groups folded into its query rows: (B, KVH, G * Lq, hd). Both
+    # products are then plain batched matmuls whose (Lq, Lk) outputs need no transpose; contracted in the
+    # (B, Lq, H, hd) layout, XLA:CPU transposed the (B, H, Lq, Lk) logits and their gradient (1.4x the time).
+    qh = q.reshape(b, lq, kvh, groups, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, groups * lq, hd)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, KVH, Lk, hd)
+    logits = jnp.einsum("bkqd,bksd->bkqs", qh, kh).astype(jnp.float32) * scale
+    logits = logits.reshape(b, h, lq, lk)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    probs = probs.reshape(b, kvh, groups, lq, k.shape[1])
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(b, lq, h, hd)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kvh, groups * lq, lk)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh)  # (B, KVH, G * Lq, hd)
+    return out.reshape(b, kvh, groups, lq, hd).transpose(0, 3, 1, 2, 4).reshape(b, lq, h, hd)
 
 
 def causal_mask(q_slots, k_slots, sliding_window: Optional[int] = None):

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from vllama_jax.layers.linear import dot
+
 SPATIAL = "DHW"  # names of up to three spatial dims, for lax's dimension numbers
 
 
@@ -50,7 +52,7 @@ def _patchify(x, kernel, padding):
     x = x.reshape((b,) + tuple(itertools.chain.from_iterable(zip(out, k))) + (c,))  # (B, o1, k1, o2, k2, ..., C)
     order = (0,) + tuple(1 + 2 * i for i in range(n)) + tuple(2 + 2 * i for i in range(n)) + (2 * n + 1,)
     x = x.transpose(order).reshape((b,) + tuple(out) + (math.prod(k) * c,))  # (k1, k2, ..., C): the kernel's order
-    return jnp.einsum("...k,kd->...d", x, kernel.reshape(-1, kernel.shape[-1]))
+    return dot(x, kernel.reshape(-1, kernel.shape[-1]), x.dtype)
 
 
 def _depthwise(x, kernel, padding):
@@ -94,7 +96,7 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         no_pad = all(p == (0, 0) for p in padding)
         if self.groups == 1 and all(s == 1 for s in k + strides) and no_pad:
-            y = jnp.einsum("...c,cd->...d", x, kernel.reshape(c_in, self.features))
+            y = dot(x, kernel.reshape(c_in, self.features), self.dtype)
         elif self.groups == 1 and k == strides:
             y = _patchify(x, kernel, padding)
         elif self.groups == c_in == self.features and all(s == 1 for s in strides):

@@ -13,6 +13,7 @@ weight (dequantized / sliced when it has to be).
 from typing import Any, Callable, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vllama_jax import kernels
@@ -73,9 +74,23 @@ def matmul(x, kernel, dtype):
         kernel = kernel.materialize()
     if isinstance(kernel, QArray):
         # Dequantized product: (x @ values) * scale, the int8 -> float convert fused by XLA where it can.
-        y = jnp.einsum("...i,io->...o", x.astype(dtype), kernel.values.astype(dtype))
-        return y * kernel.scale.astype(dtype)
-    return jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
+        return dot(x, kernel.values, dtype) * kernel.scale.astype(dtype)
+    return dot(x, kernel, dtype)
+
+
+def dot(x, w, dtype=jnp.float32):
+    """x (..., in) @ w (in, out) in `dtype`.
+
+    On the CPU the leading dims are folded into one (rows, in) x (in, out) product: with them kept apart,
+    XLA:CPU takes the weight gradient x^T dy through a transposing copy of dy, a scalar loop that made a
+    training step of the demo's decoder 4x slower than the products themselves. Elsewhere (GPU, TPU: no
+    such copy) the einsum keeps the leading dims, so their shardings pass through unchanged.
+    """
+    x, w = x.astype(dtype), w.astype(dtype)
+    if x.ndim > 2 and jax.default_backend() == "cpu":
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), w)
+        return y.reshape(x.shape[:-1] + (w.shape[-1],))
+    return jnp.einsum("...i,io->...o", x, w)
 
 
 class Dense(nn.Module):

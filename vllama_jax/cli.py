@@ -26,6 +26,10 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    if argv is None:  # run as a program (not called from Python): malloc on huge pages (host_memory.py)
+        from vllama_jax.host_memory import reexec_with_huge_pages
+
+        reexec_with_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

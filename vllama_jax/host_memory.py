@@ -4,8 +4,11 @@ XLA:CPU allocates each step's large buffers (activations, attention logits, grad
 a training step of the demo) with malloc, which maps big blocks fresh from the kernel and returns them
 on free, so every step touches new 4 KiB pages: 80 000 page faults and ~150 ms of kernel time per demo
 training step on 2 cores, a third of its CPU time. With glibc's `glibc.malloc.hugetlb=1` tunable,
-malloc asks for transparent huge pages (2 MiB) on those blocks: 1 700 faults, and the step takes 20 %
-less time. The tunable is read when a process starts, so the command re-executes itself once with it
+malloc asks for transparent huge pages (2 MiB) on those blocks: 1 700 faults, and the step takes 10-20 %
+less time (the demo's default run: 10.7 -> 9.5 min). Keeping freed blocks instead (mmap_max=0 and a huge
+trim_threshold) removed the faults altogether and took the bench's 16-frame ViT-B train step from 12.8
+to 10.3 s, but with one malloc arena it slowed the demo's step by a third and with one per CPU it slowed
+the server (malloc contention between its threads): not used. The tunable is read when a process starts, so the command re-executes itself once with it
 set (`GLIBC_TUNABLES`); child processes inherit it.
 
 Only on Linux with glibc >= 2.35 (older ones ignore the tunable) and transparent huge pages not turned

@@ -39,7 +39,7 @@ import numpy as np
 from vllama_jax import config as C
 from vllama_jax.devices import peak_flops
 from vllama_jax.loading import Part, decoder_module, decoder_params
-from vllama_jax.models.decoder import split_layers
+from vllama_jax.models.decoder import fuse_projections, split_layers
 from vllama_jax.models.sequence import dummy_batch, train_batch_shapes
 from vllama_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, shard_batch, use_mesh
 from vllama_jax.train.config import load_train_config
@@ -151,7 +151,7 @@ def layouts_case(name, cfg, batch: int, new_tokens: int, bandwidth: float, layou
     row = {"name": f"layouts {name} b{batch} +{new_tokens}", "size": name, "batch": batch, "weight_bytes_per_step": nbytes}
     for layout in layouts:
         if layout == "split":
-            part = Part("decoder", cfg, module, split_layers(part.params), "<random>")
+            part = Part("decoder", cfg, module, fuse_projections(split_layers(part.params)), "<random>")
         fn, compile_s = compile_jax(our_generate(part, new_tokens, per_layer=layout != "scan"), part.params, ids, mask)
         jax.block_until_ready(fn(part.params, ids, mask))
         runs = []
@@ -188,7 +188,7 @@ def decode_case(name, cfg, hf, ours, batch: int, new_tokens: int, bandwidth: flo
     mask_t = torch.from_numpy(mask.astype(np.int64)).to(device)
     fns, compile_s = {}, {}
     for layout in LAYOUTS:
-        part = dataclasses.replace(ours, params=split_layers(ours.params)) if layout == "split" else ours
+        part = dataclasses.replace(ours, params=fuse_projections(split_layers(ours.params))) if layout == "split" else ours
         fn, compile_s[layout] = compile_jax(our_generate(part, new_tokens, per_layer=layout != "scan"), part.params,
                                             *args)
         fns[f"jax_{layout}"] = (lambda f, p: lambda: f(p, *args))(fn, part.params)

@@ -125,3 +125,16 @@ def test_accelerator_bench_quick_mode_runs(tmp_path):
         assert row[layout]["tokens_per_s"] > 0 and row[layout]["bandwidth_fraction"] > 0
     assert result["limits"]["copy_bandwidth_bytes_per_s"] > 0
     assert (tmp_path / "accelerator.png").exists()
+
+
+def test_decode_profile_quick_mode_runs(tmp_path):
+    """benchmarks/decode_profile.py (a GPU decode traced kernel by kernel) on a tiny decoder here: the script
+    runs, times, traces and counts the compiled program's ops, and writes its JSON and the program text."""
+    from benchmarks import decode_profile
+    assert decode_profile.main(["--out", str(tmp_path), "--quick", "--tag", "t", "--repeats", "1",
+                                "--trace-runs", "1"]) == 0
+    result = json.loads((tmp_path / "profile-t.json").read_text())
+    assert not result["errors"]
+    (row,) = result["cases"]
+    assert row["tokens_per_s"] > 0 and row["hlo"]["ops"]["fusion"] > 0 and "/host:CPU" in row["trace"]["processes"]
+    assert (tmp_path / "hlo-t-tiny-b1.txt").read_text().startswith("HloModule")

@@ -231,3 +231,22 @@ def test_unknown_model_type():
     with pytest.raises(ConfigError, match="model_type 'llama' is not a supported decoder"):
         DecoderConfig.from_hf_config(d)
 
+
+
+def test_one_row_gpu_product_keeps_a_second_row(monkeypatch):
+    """On a GPU, a batch-1 decode product with a small weight is computed as a two-row GEMM (XLA:GPU would
+    rewrite the one-row product into multiply + reduce: layers/linear.py); the answer is the same product,
+    and large weights or several rows are left as they are."""
+    from vllama_jax.layers import linear
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, 1, 64)), jnp.float32)
+    small = jnp.asarray(rng.standard_normal((64, 96)), jnp.float32)
+    want = np.asarray(x) @ np.asarray(small)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    padded = "concatenate %0, %1, dim = 0 : (tensor<1x64xf32>, tensor<1x64xf32>) -> tensor<2x64xf32>"
+    assert padded in jax.jit(linear.dot).lower(x, small).as_text()
+    np.testing.assert_allclose(jax.jit(linear.dot)(x, small), want, rtol=1e-5, atol=1e-5)
+    assert "concatenate" not in jax.jit(linear.dot).lower(jnp.concatenate([x, x]), small).as_text()
+    monkeypatch.setattr(linear, "GPU_SMALL_PRODUCT", 64 * 96)
+    assert "concatenate" not in jax.jit(lambda a, b: linear.dot(a, b)).lower(x, small).as_text()  # a new trace

@@ -18,7 +18,7 @@ import vllama_jax
 from vllama_jax import kernels
 from vllama_jax.config import TINY_DECODERS
 from vllama_jax.generate import generate_from_embeds
-from vllama_jax.models.decoder import Decoder, init_cache, split_layers, stack_layers
+from vllama_jax.models.decoder import Decoder, fuse_projections, init_cache, split_layers, stack_layers
 from vllama_jax.quantize import QArray, dequantize, is_quantized, quantize_int8, quantize_params
 
 from conftest import FIXTURES
@@ -103,17 +103,29 @@ def test_unrolled_decode_equals_scanned(family):
     params = jax.tree_util.tree_map(lambda a: a * 30 if a.ndim >= 2 else a, params)
     scanned = _generate(cfg, params, ids, mask, per_layer=False)
     np.testing.assert_array_equal(_generate(cfg, params, ids, mask, per_layer=True), scanned)
-    # The accelerators' layout: per-layer buffers (split_layers), every call unrolled, the full forward too.
+    # The accelerators' layout: per-layer buffers (split_layers), each layer's q/k/v and gate/up fused into
+    # one product (fuse_projections), every call unrolled, the full forward too.
     split = split_layers(params)
-    np.testing.assert_array_equal(_generate(cfg, split, ids, mask, per_layer=True), scanned)
+    fused = fuse_projections(split)
+    attn = fused["layers"][0]["self_attn"]
+    assert "qkv_proj" in attn and "q_proj" not in attn and ("bias" in attn["qkv_proj"]) == cfg.attention_bias
+    assert ("gate_up_proj" in fused["layers"][0].get("mlp", {})) == (family != "mixtral")
     full = Decoder(cfg).apply({"params": params}, ids, attention_mask=mask)[0]
-    np.testing.assert_allclose(Decoder(cfg).apply({"params": split}, ids, attention_mask=mask)[0], full,
-                               rtol=1e-5, atol=1e-5)
+    for p in (split, fused):
+        np.testing.assert_array_equal(_generate(cfg, p, ids, mask, per_layer=True), scanned)
+        np.testing.assert_allclose(Decoder(cfg).apply({"params": p}, ids, attention_mask=mask)[0], full,
+                                   rtol=1e-5, atol=1e-5)
+        # And back to the stacked layout that export and training use, exactly.
+        back = stack_layers(p)
+        assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(back),
+                                                        jax.tree_util.tree_leaves(params)))
+    assert fuse_projections(fused) == fused  # once fused, left alone
     with pytest.raises(ValueError, match="per-layer cache"):
         Decoder(cfg).apply({"params": split}, ids, attention_mask=jnp.ones((3, 16), bool),
                            cache=init_cache(cfg, 3, 16), cache_index=0)
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(stack_layers(split)),
-                                                    jax.tree_util.tree_leaves(params)))
+    with pytest.raises(ValueError, match="split layers"):
+        fuse_projections(params)
     q = quantize_params(params, part="decoder")
     # int8 through both paths (the kernel for a few rows in the unrolled one, XLA's dot in the scanned one),
     # and quantized after the split (the per-layer kernels found through the tuple).
@@ -121,6 +133,13 @@ def test_unrolled_decode_equals_scanned(family):
                                   _generate(cfg, q, ids, mask, per_layer=False))
     np.testing.assert_array_equal(_generate(cfg, quantize_params(split, part="decoder"), ids, mask, per_layer=True),
                                   _generate(cfg, q, ids, mask, per_layer=False))
+    # Fused then quantized (what `load(quantize="int8")` does on accelerators): per output channel, so the
+    # same int8 values and scales as the projections quantized one by one.
+    qf = quantize_params(fused, part="decoder")
+    np.testing.assert_array_equal(_generate(cfg, qf, ids, mask, per_layer=True),
+                                  _generate(cfg, q, ids, mask, per_layer=False))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(stack_layers(qf)),
+                                                    jax.tree_util.tree_leaves(q)))
 
 
 @pytest.fixture(scope="module", params=FIXTURE_NAMES)

@@ -79,14 +79,18 @@ def test_fixture_through_python_api(fixture, models):
 def _dump_in_layout(d, inputs, layout):
     from vllama_jax.dump import dump_videollama2
     model = vllama_jax.load(str(d), decode_layout=layout)
-    assert isinstance(model.params["decoder"]["layers"], tuple) == (layout == "split")
+    layers = model.params["decoder"]["layers"]
+    assert isinstance(layers, tuple) == (layout == "split")
+    if layout == "split":  # and each layer's q/k/v and gate/up fused (decoder.fuse_projections)
+        assert "qkv_proj" in layers[0]["self_attn"] and "gate_up_proj" in layers[0]["mlp"]
     with jax.default_matmul_precision("highest"):
         return model, dump_videollama2(model, inputs, greedy=8)
 
 
 def test_fixture_in_split_layout(fixture, models, tmp_path):
-    """The accelerators' decode layout (layers split into per-layer buffers, models/decoder.py), run here on
-    CPU: the original's outputs at the same tolerance; the model saves the release layout unchanged."""
+    """The accelerators' decode layout (layers split into per-layer buffers, projections that share an input
+    fused: models/decoder.py), run here on CPU: the original's outputs at the same tolerance; the model saves
+    the release layout unchanged."""
     d, inputs, exp = fixture
     model, got = _dump_in_layout(d, inputs, "split")
     _compare(got, exp)

@@ -38,7 +38,7 @@ from vllama_jax.checkpoints.lora import is_lora_folder, merge_lora_folder
 from vllama_jax.checkpoints.release import AUDIO_PREFIX, read_release
 from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
 from vllama_jax.models.beats import BEATs, load_beats
-from vllama_jax.models.decoder import DECODE_LAYOUTS, Decoder, hf_key_map, split_layers
+from vllama_jax.models.decoder import DECODE_LAYOUTS, Decoder, fuse_projections, hf_key_map, split_layers
 from vllama_jax.models.decoder import decode_layout as default_decode_layout
 from vllama_jax.models.sequence import dummy_batch, video_tokens
 from vllama_jax.models.videollama2 import VideoLLaMA2
@@ -227,6 +227,8 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
     if layout == "split":  # numpy views: split on the host, so the device never holds the stack too
         params["decoder"] = split_layers(params["decoder"])
     params = _as_jax(params, dtype)
+    if layout == "split":  # on the device, layer by layer
+        params["decoder"] = fuse_projections(params["decoder"])
     if quantize is not None:
         params = quantize_params(params, quantize)
     return VideoLLaMA2Model(cfg, params, tokenizer, processor, dtype=dtype, path=path, max_context=max_context,
@@ -273,9 +275,10 @@ def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, decode_la
         cfg = C.DecoderConfig.from_hf_config(raw)
         module = decoder_module(cfg, dtype)
         params = decoder_params(cfg, read_state_dict(path), path, module)
-        if _decode_layout(decode_layout, dtype) == "split":
-            params = split_layers(params)
-        params = _as_jax(params, dtype)
+        split = _decode_layout(decode_layout, dtype) == "split"
+        params = _as_jax(split_layers(params) if split else params, dtype)
+        if split:
+            params = fuse_projections(params)
         if quantize is not None:
             params = quantize_params(params, quantize, part="decoder")
         return Part("decoder", cfg, module, params, path)

@@ -4,7 +4,9 @@ sliding window), the vision towers (bidirectional, biased projections) and BEATs
     x (B, L, D) -> (B, L, D)
 
 Params: `q_proj` (embed, heads), `k_proj` / `v_proj` (embed, kv), `o_proj` (heads, embed); the key
-maps give them the checkpoint's names (`out_proj` in CLIP / BEATs).
+maps give them the checkpoint's names (`out_proj` in CLIP / BEATs). A decoder held for generation on an
+accelerator may carry `qkv_proj` instead, the three concatenated along the output axis (q | k | v): one
+matmul per step (models/decoder.py `fuse_projections`).
 
 KV cache: a dict `{"k": (B, S, KVH, hd), "v": (B, S, KVH, hd)}` plus the write slot `index` (int32
 scalar, or (B,) one per row) passed alongside. The L new keys/values are written at slots
@@ -79,9 +81,14 @@ class Attention(nn.Module):
         Returns (out (B, L, D), new_cache or None)."""
         b, l, d = x.shape
         dense = lambda n, axes, bias_, name: Dense(n, axes, bias_, self.dtype, self.param_dtype, name=name)
-        q = dense(self.num_heads * self.head_dim, ("embed", "heads"), self.qkv_bias, "q_proj")(x)
-        k = dense(self.num_kv_heads * self.head_dim, ("embed", "kv"), self.qkv_bias, "k_proj")(x)
-        v = dense(self.num_kv_heads * self.head_dim, ("embed", "kv"), self.qkv_bias, "v_proj")(x)
+        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.has_variable("params", "qkv_proj"):  # fused by models/decoder.py `fuse_projections`
+            qkv = dense(nq + 2 * nkv, ("embed", "heads"), self.qkv_bias, "qkv_proj")(x)
+            q, k, v = jnp.split(qkv, (nq, nq + nkv), axis=-1)
+        else:
+            q = dense(nq, ("embed", "heads"), self.qkv_bias, "q_proj")(x)
+            k = dense(nkv, ("embed", "kv"), self.qkv_bias, "k_proj")(x)
+            v = dense(nkv, ("embed", "kv"), self.qkv_bias, "v_proj")(x)
         q = q.reshape(b, l, self.num_heads, self.head_dim)
         k = k.reshape(b, l, self.num_kv_heads, self.head_dim)
         v = v.reshape(b, l, self.num_kv_heads, self.head_dim)

@@ -2,7 +2,9 @@
 
     x (B, L, D) -> (B, L, D), through a hidden width F = `intermediate_size`
 
-Params (HF names): `gate_proj` and `up_proj` (embed, mlp) of shape (D, F), `down_proj` (mlp, embed) (F, D).
+Params (HF names): `gate_proj` and `up_proj` (embed, mlp) of shape (D, F), `down_proj` (mlp, embed) (F, D);
+or `gate_up_proj` (D, 2F), the first two concatenated (gate | up), in a decoder held for generation on an
+accelerator (models/decoder.py `fuse_projections`).
 """
 from typing import Any
 
@@ -20,6 +22,9 @@ class GatedMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         dense = lambda n, axes, name: Dense(n, axes, False, self.dtype, self.param_dtype, name=name)
-        gate = dense(self.hidden, ("embed", "mlp"), "gate_proj")(x)
-        up = dense(self.hidden, ("embed", "mlp"), "up_proj")(x)
+        if self.has_variable("params", "gate_up_proj"):  # fused by models/decoder.py `fuse_projections`
+            gate, up = jnp.split(dense(2 * self.hidden, ("embed", "mlp"), "gate_up_proj")(x), 2, axis=-1)
+        else:
+            gate = dense(self.hidden, ("embed", "mlp"), "gate_proj")(x)
+            up = dense(self.hidden, ("embed", "mlp"), "up_proj")(x)
         return dense(x.shape[-1], ("mlp", "embed"), "down_proj")(nn.silu(gate) * up)

@@ -30,7 +30,8 @@ layers unrolled: under `nn.scan` XLA slices (copies) every layer's weights out o
 and a decode step is a pass over the weights, so that copy would double or triple its memory traffic. On
 CPU each Dense gets a `LayerRef` (the stacked kernel and a static layer index) that the decode kernel reads
 in place; on accelerators the params' layers are split once into per-layer buffers (`split_layers`; the
-whole model runs unrolled on such params). `decode_layout` picks. Each layer's cache is updated in place in
+whole model runs unrolled on such params), each layer's q/k/v and gate/up projections concatenated into one
+product each (`fuse_projections`). `decode_layout` picks. Each layer's cache is updated in place in
 the loop carry. Training keeps the scan (one layer compiled, remat per layer).
 """
 from typing import Any
@@ -39,6 +40,7 @@ import flax.linen as nn
 from flax.traverse_util import flatten_dict
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vllama_jax import kernels
 from vllama_jax.checkpoints.keymap import KeyMap
@@ -226,9 +228,10 @@ def decode_layout(dtype=jnp.float32) -> str:
         "refs"   CPU, float32, decode kernel built: a per-layer cache over the stacked params, each Dense's
                  kernel a `LayerRef` that the C++ kernel reads in place.
         "split"  accelerators: a per-layer cache, and the params' layers split once into per-layer buffers
-                 (`split_layers`), which XLA's matmuls read in place. Under the scan, XLA copies each
-                 layer's slice of the stack at every step: on an H200, Qwen2-7B shape, bfloat16, batch 1,
-                 that ran at 86 tokens/s (29 % of the copy bandwidth) against 206-216 split (69-73 %).
+                 (`split_layers`), which XLA's matmuls read in place, the projections that share an input
+                 fused (`fuse_projections`). Under the scan, XLA copies each layer's slice of the stack at
+                 every step: on an H200, Qwen2-7B shape, bfloat16, batch 1, that ran at 86 tokens/s (29 %
+                 of the copy bandwidth) against 206-216 split (69-73 %) and 241 split and fused (83 %).
         "scan"   elsewhere (CPU bfloat16, no C++ compiler): the stacked cache under nn.scan."""
     if jax.default_backend() != "cpu":
         return "split"
@@ -253,13 +256,82 @@ def split_layers(params):
     return out
 
 
+# Projections that read the same input, concatenated along their output axis for generation on accelerators:
+# (block, the checkpoint's projections in order, the fused name).
+FUSED_PROJECTIONS = (("self_attn", ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
+                     ("mlp", ("gate_proj", "up_proj"), "gate_up_proj"))
+
+
+def _concat_out(parts):
+    """Concatenate kernels (in, out) / biases (out,) / QArrays along the output axis, on their device."""
+    if isinstance(parts[0], QArray):
+        return QArray(_concat_out([p.values for p in parts]), _concat_out([p.scale for p in parts]))
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts, axis=-1)
+    return jnp.concatenate(parts, axis=-1)
+
+
+def fuse_projections(params):
+    """Split-layer decoder params (`split_layers`) with each layer's q, k, v projections concatenated into
+    `self_attn/qkv_proj` and gate, up into `mlp/gate_up_proj` (kernels and biases along the output axis;
+    layers/attention.py and layers/mlp.py take either form). Generation on accelerators holds them so: in a
+    batch-1 decode step XLA:GPU rewrites a narrow product (k and v, 512 outputs at Qwen2-7B) into a broadcast
+    multiply and a column reduction with a weight-sized temporary between them, 17 us a layer where one read
+    of the weights takes 2 (H200, `benchmarks/decode_profile.py`); one product of the three reads them once,
+    in one kernel. Layer by layer, so the unfused buffers go as the fused ones arrive. Mixtral's experts
+    stay as they are."""
+    layers = params["layers"]
+    if not isinstance(layers, (list, tuple)):
+        raise ValueError("fuse_projections: expected split layers (split_layers), got the stacked layout")
+    fused = []
+    for layer in layers:
+        layer = dict(layer)
+        for block, names, fused_name in FUSED_PROJECTIONS:
+            sub = layer.get(block)
+            if sub is None or not all(n in sub for n in names):
+                continue
+            sub = dict(sub)
+            parts = [sub.pop(n) for n in names]
+            sub[fused_name] = {leaf: _concat_out([p[leaf] for p in parts]) for leaf in parts[0]}
+            layer[block] = sub
+        fused.append(layer)
+    return {**params, "layers": tuple(fused)}
+
+
+def unfuse_projections(layer):
+    """One layer's params with `qkv_proj` / `gate_up_proj` split back into the checkpoint's projections (numpy)."""
+    layer = dict(layer)
+    for block, names, fused_name in FUSED_PROJECTIONS:
+        if fused_name not in layer.get(block, {}):
+            continue
+        sub = dict(layer[block])
+        whole = sub.pop(fused_name)
+        if fused_name == "qkv_proj":  # q is as wide as o_proj's input; k and v share the rest
+            nq = np.shape(sub["o_proj"]["kernel"])[0]
+            width = np.shape(whole["kernel"])[-1]
+            cuts = (nq, nq + (width - nq) // 2)
+        else:
+            cuts = (np.shape(whole["kernel"])[-1] // 2,)
+
+        def cut(x):
+            if isinstance(x, QArray):
+                return [QArray(v, s) for v, s in zip(cut(x.values), cut(x.scale))]
+            return np.split(np.asarray(x), cuts, axis=-1)
+        pieces = {leaf: cut(x) for leaf, x in whole.items()}
+        for i, name in enumerate(names):
+            sub[name] = {leaf: pieces[leaf][i] for leaf in pieces}
+        layer[block] = sub
+    return layer
+
+
 def stack_layers(params):
-    """The inverse of `split_layers`, on the host (numpy): the stacked layout that export and training use."""
-    import numpy as np
+    """The inverse of `split_layers` (and of `fuse_projections`), on the host (numpy): the stacked layout
+    that export and training use."""
     layers = params["layers"]
     if not isinstance(layers, (list, tuple)):
         return params
     out = dict(params)
+    layers = [unfuse_projections(layer) for layer in layers]
     out["layers"] = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)
     return out
 

@@ -220,7 +220,7 @@ def test_convert_training_run_then_load(tmp_path_factory):
     assert model.tokenizer is not None  # the run's data.tokenizer
     want = jax.device_get(read_run_params(run, step=RESUME_AT))
     assert set(model.params) == set(want)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(model.params), want)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(model.stacked_params()), want)
     later = jax.device_get(read_run_params(run))  # training moved on after RESUME_AT: --step picked it
     assert not np.array_equal(later["connector"]["readout"]["fc2"]["kernel"], want["connector"]["readout"]["fc2"]["kernel"])
 

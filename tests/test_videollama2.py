@@ -96,7 +96,7 @@ def test_fixture_in_split_layout(fixture, models, tmp_path):
     _compare(got, exp)
     model.save(str(tmp_path / "saved"))
     back = vllama_jax.load(str(tmp_path / "saved"), decode_layout="scan")
-    want = models[d.name].params
+    want = models[d.name].stacked_params()
     for (kp, a), b in zip(jax.tree_util.tree_flatten_with_path(back.params)[0], jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(kp))
 

@@ -124,12 +124,17 @@ class VideoLLaMA2Model:
         self._jit_cache: Dict[tuple, Callable] = {}
         self._stream_target: Optional[Callable] = None
 
+    def stacked_params(self):
+        """The params with the decoder's layers stacked and its projections apart: the layout of training,
+        export and the checkpoint's key map, whatever `decode_layout` holds (split layers come back as
+        numpy arrays on the host)."""
+        return {**self.params, "decoder": stack_layers(self.params["decoder"])}
+
     def save(self, folder: str, dtype=np.float32) -> str:
         """This model in the release layout (checkpoints/export.py), loadable by `vllama_jax.load` and by
         the original PyTorch code."""
-        params = {**self.params, "decoder": stack_layers(self.params["decoder"])}
-        return save_videollama2(folder, self.config, params, self.tokenizer, dtype=dtype, unused=self.unused,
-                                vision_folder=self.vision_folder)
+        return save_videollama2(folder, self.config, self.stacked_params(), self.tokenizer, dtype=dtype,
+                                unused=self.unused, vision_folder=self.vision_folder)
 
     # --- forward -----------------------------------------------------------------------------------------
     def _jitted(self, name: str, fn: Callable, **static):

@@ -224,15 +224,20 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
             log.warning("no image processor for %s (%s)", ckpt.vision_folder or cfg.vision_tower_name, e)
     layout = _decode_layout(decode_layout, dtype)
     params = dict(ckpt.params)
-    if layout == "split":  # numpy views: split on the host, so the device never holds the stack too
-        params["decoder"] = split_layers(params["decoder"])
+    if layout == "split":
+        params["decoder"] = _split_and_fuse(params["decoder"], dtype)
     params = _as_jax(params, dtype)
-    if layout == "split":  # on the device, layer by layer
-        params["decoder"] = fuse_projections(params["decoder"])
     if quantize is not None:
         params = quantize_params(params, quantize)
     return VideoLLaMA2Model(cfg, params, tokenizer, processor, dtype=dtype, path=path, max_context=max_context,
                             unused=ckpt.unused, vision_folder=ckpt.vision_folder, decode_layout=layout)
+
+
+def _split_and_fuse(decoder, dtype):
+    """A checkpoint's decoder params (numpy) in the "split" decode layout: the layers split into numpy views,
+    each layer's projections fused on the host and moved to the device at once (one layer's copy at a
+    time on either side)."""
+    return fuse_projections(split_layers(decoder), place=lambda layer: _as_jax(layer, dtype))
 
 
 def _decode_layout(layout: Optional[str], dtype) -> str:
@@ -275,10 +280,9 @@ def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, decode_la
         cfg = C.DecoderConfig.from_hf_config(raw)
         module = decoder_module(cfg, dtype)
         params = decoder_params(cfg, read_state_dict(path), path, module)
-        split = _decode_layout(decode_layout, dtype) == "split"
-        params = _as_jax(split_layers(params) if split else params, dtype)
-        if split:
-            params = fuse_projections(params)
+        if _decode_layout(decode_layout, dtype) == "split":
+            params = _split_and_fuse(params, dtype)
+        params = _as_jax(params, dtype)
         if quantize is not None:
             params = quantize_params(params, quantize, part="decoder")
         return Part("decoder", cfg, module, params, path)

@@ -27,14 +27,14 @@ compiled shape (see layers/attention.py). cache_index is a scalar, or (B,) a wri
 
 Decoding (`init_cache(..., per_layer=True)`: a list of `layers` caches {"k", "v"} (B, S, KVH, hd)) runs the
 layers unrolled: under `nn.scan` XLA slices (copies) every layer's weights out of the stack at every step,
-and a decode step is a pass over the weights, so that copy would double or triple its memory traffic. On
-CPU each Dense gets a `LayerRef` (the stacked kernel and a static layer index) that the decode kernel reads
-in place; on accelerators the params' layers are split once into per-layer buffers (`split_layers`; the
-whole model runs unrolled on such params), each layer's q/k/v and gate/up projections concatenated into one
-product each (`fuse_projections`). `decode_layout` picks. Each layer's cache is updated in place in
+and a decode step is a pass over the weights, so that copy would double or triple its memory traffic. For
+generation the params' layers are split once into per-layer buffers (`split_layers`; the whole model runs
+unrolled on such params), each layer's q/k/v and gate/up projections concatenated into one product each
+(`fuse_projections`); on the CPU each Dense kernel goes to the decode kernel as a `LayerRef`, read in place
+(over stacked params too: the "refs" layout). `decode_layout` picks. Each layer's cache is updated in place in
 the loop carry. Training keeps the scan (one layer compiled, remat per layer).
 """
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 from flax.traverse_util import flatten_dict
@@ -146,7 +146,8 @@ class Decoder(nn.Module):
         layer = DecoderLayer(self.config, self.dtype, self.param_dtype, self.moe_dispatch, parent=None)
         new_caches = []
         for i, cache in enumerate(caches):
-            view = stacked[i] if isinstance(stacked, (list, tuple)) else layer_view(stacked, i)  # split_layers
+            # split_layers: the layer's own buffers (Dense kernels as references, for the CPU decode kernel)
+            view = layer_view(stacked[i]) if isinstance(stacked, (list, tuple)) else layer_view(stacked, i)
             x, c = layer.apply({"params": view}, x, cache, positions, mask, cache_index)
             new_caches.append(c)
         return x, new_caches
@@ -225,17 +226,21 @@ DECODE_LAYOUTS = ("scan", "refs", "split")
 
 def decode_layout(dtype=jnp.float32) -> str:
     """How generation lays out the decoder on this backend (each reads every weight once per decode step):
-        "refs"   CPU, float32, decode kernel built: a per-layer cache over the stacked params, each Dense's
-                 kernel a `LayerRef` that the C++ kernel reads in place.
-        "split"  accelerators: a per-layer cache, and the params' layers split once into per-layer buffers
-                 (`split_layers`), which XLA's matmuls read in place, the projections that share an input
-                 fused (`fuse_projections`). Under the scan, XLA copies each layer's slice of the stack at
-                 every step: on an H200, Qwen2-7B shape, bfloat16, batch 1, that ran at 86 tokens/s (29 %
-                 of the copy bandwidth) against 206-216 split (69-73 %) and 241 split and fused (83 %).
+        "split"  accelerators, and the CPU in float32 with the decode kernel built: a per-layer cache, the
+                 params' layers split once into per-layer buffers (`split_layers`), the projections that
+                 share an input fused (`fuse_projections`). XLA's matmuls (and on the CPU the C++ kernel,
+                 each Dense kernel passed as a `LayerRef`) read them in place. Under the scan, XLA copies
+                 each layer's slice of the stack at every step: on an H200, Qwen2-7B shape, bfloat16, batch
+                 1, that ran at 86 tokens/s (29 % of the copy bandwidth) against 206-216 split (69-73 %) and
+                 241 split and fused (83 %). On the CPU, against "refs": the prompt's products need no
+                 slice of the stack, and q/k/v and gate/up are one kernel call each (374M decoder, 32
+                 tokens: batch 8 70.5 -> 82.7 tokens/s, batch 1 14.3 -> 15.5, the same tokens).
+        "refs"   a per-layer cache over the stacked params, each Dense kernel a `LayerRef` into the stack
+                 (the CPU's layout before "split"; still loadable with `decode_layout="refs"`).
         "scan"   elsewhere (CPU bfloat16, no C++ compiler): the stacked cache under nn.scan."""
     if jax.default_backend() != "cpu":
         return "split"
-    return "refs" if jnp.dtype(dtype) == jnp.float32 and kernels.available() else "scan"
+    return "split" if jnp.dtype(dtype) == jnp.float32 and kernels.available() else "scan"
 
 
 def unrolled_decode(dtype=jnp.float32, layout: str = None) -> bool:
@@ -271,20 +276,21 @@ def _concat_out(parts):
     return jnp.concatenate(parts, axis=-1)
 
 
-def fuse_projections(params):
+def fuse_projections(params, place=None):
     """Split-layer decoder params (`split_layers`) with each layer's q, k, v projections concatenated into
     `self_attn/qkv_proj` and gate, up into `mlp/gate_up_proj` (kernels and biases along the output axis;
     layers/attention.py and layers/mlp.py take either form). Generation on accelerators holds them so: in a
     batch-1 decode step XLA:GPU rewrites a narrow product (k and v, 512 outputs at Qwen2-7B) into a broadcast
     multiply and a column reduction with a weight-sized temporary between them, 17 us a layer where one read
     of the weights takes 2 (H200, `benchmarks/decode_profile.py`); one product of the three reads them once,
-    in one kernel. Layer by layer, so the unfused buffers go as the fused ones arrive. Mixtral's experts
-    stay as they are."""
+    in one kernel. Mixtral's experts stay as they are. `place(layer_tree)`, if given, runs on each fused
+    layer as it is made: `vllama_jax.load` fuses the checkpoint's numpy views on the host and moves each
+    layer to the device at once, so neither holds more than one extra layer."""
     layers = params["layers"]
     if not isinstance(layers, (list, tuple)):
         raise ValueError("fuse_projections: expected split layers (split_layers), got the stacked layout")
     fused = []
-    for layer in layers:
+    for layer in nn.unbox(layers):  # a fresh init's logical-axis boxes: inference needs only the arrays
         layer = dict(layer)
         for block, names, fused_name in FUSED_PROJECTIONS:
             sub = layer.get(block)
@@ -294,7 +300,7 @@ def fuse_projections(params):
             parts = [sub.pop(n) for n in names]
             sub[fused_name] = {leaf: _concat_out([p[leaf] for p in parts]) for leaf in parts[0]}
             layer[block] = sub
-        fused.append(layer)
+        fused.append(place(layer) if place else layer)
     return {**params, "layers": tuple(fused)}
 
 
@@ -336,12 +342,16 @@ def stack_layers(params):
     return out
 
 
-def layer_view(stacked_layers, index: int):
+def layer_view(stacked_layers, index: Optional[int] = None):
     """Layer `index` of the stacked layer params: Dense kernels as `LayerRef`s (read in place by the decode
-    kernel), everything else (norm scales, biases, Mixtral's router and experts) sliced."""
+    kernel), everything else (norm scales, biases, Mixtral's router and experts) sliced. With no `index`,
+    one split layer's params (`split_layers`), its Dense kernels as whole references."""
     def view(path, x):
         last = path[-1]
-        if getattr(last, "key", getattr(last, "name", None)) == "kernel" and getattr(x, "ndim", 0) >= 3:
+        kernel = getattr(last, "key", getattr(last, "name", None)) == "kernel"
+        if index is None:
+            return LayerRef.whole(x) if kernel and getattr(x, "ndim", 0) == 2 else x
+        if kernel and getattr(x, "ndim", 0) >= 3:
             return LayerRef(x, index)
         return jax.tree_util.tree_map(lambda a: a[index], x)
     return jax.tree_util.tree_map_with_path(view, stacked_layers, is_leaf=lambda x: isinstance(x, QArray))

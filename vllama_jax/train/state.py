@@ -103,7 +103,7 @@ def _overlay(params: dict, source: dict, boxed, mesh, where: str, placed: bool =
 
 def _folder_params(path: str) -> dict:
     """Params of a VideoLLaMA 2 folder (all parts) or of one part (an HF decoder/tower folder, a BEATs .pt)."""
-    loaded = vllama_jax.load(path)
+    loaded = vllama_jax.load(path, decode_layout="scan")  # training's layout: the layers stacked, as saved
     kind = getattr(loaded, "kind", None)
     if kind is None:  # a whole VideoLLaMA 2 model
         return dict(loaded.params)

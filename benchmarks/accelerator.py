@@ -142,9 +142,7 @@ def layouts_case(name, cfg, batch: int, new_tokens: int, bandwidth: float, layou
     from benchmarks.cases import decode_weight_bytes, our_generate  # local: cases imports torch at the top
 
     module = decoder_module(cfg, dtype=jnp.bfloat16)
-    init = jax.jit(lambda k: jax.tree_util.tree_map(lambda a: (a * 0.02).astype(jnp.bfloat16), nn_unbox(
-        module.init(k, jnp.zeros((1, 2), jnp.int32))["params"])))
-    part = Part("decoder", cfg, module, init(jax.random.key(0)), "<random>")
+    part = Part("decoder", cfg, module, random_params(module), "<random>")
     nbytes = decode_weight_bytes(part)
     ids = jnp.asarray(np.random.default_rng(4).integers(3, cfg.vocab_size, (batch, 16)).astype(np.int32))
     mask = jnp.ones((batch, 16), jnp.int32)
@@ -166,9 +164,12 @@ def layouts_case(name, cfg, batch: int, new_tokens: int, bandwidth: float, layou
     return row
 
 
-def nn_unbox(tree):
+def random_params(module):
+    """`module`'s params (stacked layers), weights ~ N(0, 0.02) in bfloat16, drawn on the device."""
     import flax.linen as nn
-    return nn.unbox(tree)
+    init = jax.jit(lambda k: jax.tree_util.tree_map(lambda a: (a * 0.02).astype(jnp.bfloat16), nn.unbox(
+        module.init(k, jnp.zeros((1, 2), jnp.int32))["params"])))
+    return init(jax.random.key(0))
 
 
 # The stacked layers under nn.scan, and the layout `vllama_jax.load` picks on accelerators (models/decoder.py).
@@ -188,7 +189,8 @@ def decode_case(name, cfg, hf, ours, batch: int, new_tokens: int, bandwidth: flo
     mask_t = torch.from_numpy(mask.astype(np.int64)).to(device)
     fns, compile_s = {}, {}
     for layout in LAYOUTS:
-        part = dataclasses.replace(ours, params=fuse_projections(split_layers(ours.params))) if layout == "split" else ours
+        split = layout == "split"
+        part = dataclasses.replace(ours, params=fuse_projections(split_layers(ours.params))) if split else ours
         fn, compile_s[layout] = compile_jax(our_generate(part, new_tokens, per_layer=layout != "scan"), part.params,
                                             *args)
         fns[f"jax_{layout}"] = (lambda f, p: lambda: f(p, *args))(fn, part.params)

@@ -37,12 +37,10 @@ from vllama_jax.models.decoder import decode_layout, fuse_projections, split_lay
 def random_decoder(cfg, fuse: bool = True) -> Part:
     """A bfloat16 decoder of `cfg`'s shape, weights ~ N(0, 0.02) drawn on the device, in the load layout
     (`fuse=False`: the split layout without `fuse_projections`, for comparison)."""
-    import flax.linen as nn
+    from benchmarks.accelerator import random_params
 
     module = decoder_module(cfg, dtype=jnp.bfloat16)
-    init = jax.jit(lambda k: jax.tree_util.tree_map(lambda a: (a * 0.02).astype(jnp.bfloat16), nn.unbox(
-        module.init(k, jnp.zeros((1, 2), jnp.int32))["params"])))
-    params = init(jax.random.key(0))
+    params = random_params(module)
     if decode_layout(jnp.bfloat16) == "split":
         params = split_layers(params)
         if fuse:

@@ -4,8 +4,8 @@ sliding window), the vision towers (bidirectional, biased projections) and BEATs
     x (B, L, D) -> (B, L, D)
 
 Params: `q_proj` (embed, heads), `k_proj` / `v_proj` (embed, kv), `o_proj` (heads, embed); the key
-maps give them the checkpoint's names (`out_proj` in CLIP / BEATs). A decoder held for generation on an
-accelerator may carry `qkv_proj` instead, the three concatenated along the output axis (q | k | v): one
+maps give them the checkpoint's names (`out_proj` in CLIP / BEATs). A decoder held for generation (the
+"split" decode layout) may carry `qkv_proj` instead, the three concatenated along the output axis (q | k | v): one
 matmul per step (models/decoder.py `fuse_projections`).
 
 KV cache: a dict `{"k": (B, S, KVH, hd), "v": (B, S, KVH, hd)}` plus the write slot `index` (int32

@@ -3,8 +3,8 @@
     x (B, L, D) -> (B, L, D), through a hidden width F = `intermediate_size`
 
 Params (HF names): `gate_proj` and `up_proj` (embed, mlp) of shape (D, F), `down_proj` (mlp, embed) (F, D);
-or `gate_up_proj` (D, 2F), the first two concatenated (gate | up), in a decoder held for generation on an
-accelerator (models/decoder.py `fuse_projections`).
+or `gate_up_proj` (D, 2F), the first two concatenated (gate | up), in a decoder held for generation (the
+"split" decode layout: models/decoder.py `fuse_projections`).
 """
 from typing import Any
 

@@ -261,7 +261,7 @@ def split_layers(params):
     return out
 
 
-# Projections that read the same input, concatenated along their output axis for generation on accelerators:
+# Projections that read the same input, concatenated along their output axis for generation ("split" layout):
 # (block, the checkpoint's projections in order, the fused name).
 FUSED_PROJECTIONS = (("self_attn", ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
                      ("mlp", ("gate_proj", "up_proj"), "gate_up_proj"))
@@ -279,13 +279,14 @@ def _concat_out(parts):
 def fuse_projections(params, place=None):
     """Split-layer decoder params (`split_layers`) with each layer's q, k, v projections concatenated into
     `self_attn/qkv_proj` and gate, up into `mlp/gate_up_proj` (kernels and biases along the output axis;
-    layers/attention.py and layers/mlp.py take either form). Generation on accelerators holds them so: in a
-    batch-1 decode step XLA:GPU rewrites a narrow product (k and v, 512 outputs at Qwen2-7B) into a broadcast
-    multiply and a column reduction with a weight-sized temporary between them, 17 us a layer where one read
-    of the weights takes 2 (H200, `benchmarks/decode_profile.py`); one product of the three reads them once,
-    in one kernel. Mixtral's experts stay as they are. `place(layer_tree)`, if given, runs on each fused
-    layer as it is made: `vllama_jax.load` fuses the checkpoint's numpy views on the host and moves each
-    layer to the device at once, so neither holds more than one extra layer."""
+    layers/attention.py and layers/mlp.py take either form): the "split" decode layout. On a GPU, in a
+    batch-1 decode step XLA rewrites a narrow product (k and v, 512 outputs at Qwen2-7B) into a broadcast
+    multiply and a column reduction with a weight-sized temporary between them, 17 us a layer where one
+    read of the weights takes 2 (H200, `benchmarks/decode_profile.py`); one product of the three reads them
+    once, in one kernel. On the CPU a layer becomes 4 decode-kernel calls instead of 7. Mixtral's experts
+    stay as they are. `place(layer_tree)`, if given, runs on each fused layer as it is made:
+    `vllama_jax.load` fuses the checkpoint's numpy views on the host and moves each layer to the device at
+    once, so neither side holds more than one extra layer."""
     layers = params["layers"]
     if not isinstance(layers, (list, tuple)):
         raise ValueError("fuse_projections: expected split layers (split_layers), got the stacked layout")

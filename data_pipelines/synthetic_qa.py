@@ -10,7 +10,8 @@ writes into `folder` (atomically: built under a temporary name, then renamed):
     audio.json     (the first `num_audio` clips) the clip's sound track alone (`audio` names the mp4) with its audio questions, `<audio>`
     av.json        questions of every kind about the clip (read with `audio_from_video`: the video with its sound)
     test.jsonl     held-out questions, one a line: {"id", "video", "question", "answer", "kind", "options",
-                   "chance", "template", "av": true}; `answer` is a word, or a letter for multiple choice
+                   "chance", "template", "letter", "av": true}; `answer` is a word (multiple choice
+                   too: the option's words; `letter` is its letter, or null for a short question)
     DONE           {"num_train", "num_test", "seed"}: the folder is complete
 
 Question kinds, each answered by a different part of the model:
@@ -25,7 +26,7 @@ Question kinds, each answered by a different part of the model:
                    appeared with the beep                               (sound and frames in time)
 
 Each question is asked either short ("What colour is the circle?" -> "red") or as multiple choice
-("... (A) blue (B) red (C) yellow (D) green" -> "B"). `chance` is the accuracy of a uniform guess:
+("... (A) blue (B) red (C) yellow (D) green" -> "red", its letter "B" kept beside it). `chance` is the accuracy of a uniform guess:
 1 / the number of options, or 1 / the number of possible answers of the template.
 """
 from __future__ import annotations
@@ -102,16 +103,21 @@ def scene_questions(scene: Scene) -> List[dict]:
 
 
 def as_asked(q: dict, rng: np.random.Generator, multiple_choice: bool) -> dict:
-    """The question as put to the model: short, or with lettered options (the choices, shuffled)."""
+    """The question as put to the model: short, or with lettered options (the choices, shuffled).
+
+    A multiple-choice answer is the chosen option's words, as a short answer is; its letter is kept in
+    `letter` (the scorer takes either). A decoder trained from scratch for minutes does not learn to map
+    an answer to its letter (README: measured), a skill released models bring from their pretrained LLM."""
     q = dict(q)
     if multiple_choice:
         options = [str(c) for c in rng.permutation(q["choices"])]
         q["options"] = options
         q["question"] = q["question"] + " " + " ".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
-        q["answer"] = LETTERS[options.index(q["answer"])]
+        q["letter"] = LETTERS[options.index(q["answer"])]
         q["chance"] = 1.0 / len(options)
     else:
         q["options"] = None
+        q["letter"] = None
         q["chance"] = 1.0 / len(q["choices"])
     return q
 
@@ -153,7 +159,8 @@ def _test_rows(rel: str, scene: Scene, rng: np.random.Generator, start_id: int) 
     for q in scene_questions(scene):
         q = as_asked(q, rng, rng.random() < MC_SHARE)
         rows.append({"id": start_id + len(rows), "video": rel, "av": True, "question": q["question"],
-                     "answer": q["answer"], "kind": q["kind"], "template": q["template"], "options": q["options"],
+                     "answer": q["answer"], "letter": q["letter"], "kind": q["kind"], "template": q["template"],
+                     "options": q["options"],
                      "chance": q["chance"]})
     return rows
 

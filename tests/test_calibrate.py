@@ -66,3 +66,25 @@ def test_feature_layer():
     assert feature_layer(4, -1) == 3 and feature_layer(4, -2) == 2 and feature_layer(4, 4) == 3
     with pytest.raises(ValueError, match="select_layer 0"):
         feature_layer(4, 0)
+
+
+def test_zero_init_last_starts_each_connector_block_as_its_shortcut():
+    from vllama_jax.demo.calibrate import zero_init_last
+    from vllama_jax.layers.regstage import Bottleneck
+
+    cfg = preset("demo-av")
+    model = VideoLLaMA2(cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), dummy_batch(cfg))["params"])
+    new = zero_init_last(params)
+    flat0, flat1 = traverse_util.flatten_dict(params), traverse_util.flatten_dict(new)
+    changed = {k for k in flat0 if not np.array_equal(np.asarray(flat0[k]), np.asarray(flat1[k]))}
+    assert changed and all(k[0] == "connector" and k[-3:] == ("conv3", "norm", "scale") for k in changed)
+    assert len(changed) == 8  # s1 and s2: four blocks each
+    assert all(not np.asarray(flat1[k]).any() for k in changed)
+    # A block whose last norm scale is zero hands on SiLU(shortcut).
+    block = Bottleneck(16)
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 16)).astype(np.float32)
+    p = nn.unbox(block.init(jax.random.PRNGKey(1), x)["params"])
+    p0 = zero_init_last({"connector": p})["connector"]
+    np.testing.assert_allclose(np.asarray(block.apply({"params": p0}, x)), np.asarray(jax.nn.silu(x)), atol=1e-6)
+    assert not np.allclose(np.asarray(block.apply({"params": p}, x)), np.asarray(jax.nn.silu(x)), atol=1e-3)

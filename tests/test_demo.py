@@ -81,10 +81,12 @@ def test_every_question_kind_is_answerable(dataset):
         assert os.path.isfile(os.path.join(dataset, r["video"]))
         assert r["av"] is True and 0 < r["chance"] < 1
         if r["options"]:
-            assert r["answer"] in qa.LETTERS[:len(r["options"])]
+            assert r["answer"] in r["options"]
+            assert r["letter"] == qa.LETTERS[r["options"].index(r["answer"])]
             assert r["chance"] == pytest.approx(1 / len(r["options"]))
             assert all(f"({qa.LETTERS[i]}) {o}" in r["question"] for i, o in enumerate(r["options"]))
         else:
+            assert r["letter"] is None
             assert " " not in r["answer"]  # one word
 
 
@@ -160,6 +162,17 @@ def test_scores_carry_their_standard_errors():
     assert gap["audio"]["difference"] == pytest.approx(0.25) and gap["audio"]["questions"] == 4
     assert gap["spatial"]["difference"] == pytest.approx(-0.5)  # (1 - 1 + 0 - 1) / 2
     assert gap["overall"]["difference"] == pytest.approx(0.0)
+
+
+def test_multiple_choice_is_right_by_its_words_or_its_letter():
+    from vllama_jax.demo.evaluate import is_correct
+
+    mc = {"answer": "red", "letter": "B", "options": ["blue", "red", "green"]}
+    assert is_correct("red", mc) and is_correct("Red.", mc) and is_correct("B", mc) and is_correct("(B)", mc)
+    assert not is_correct("blue", mc) and not is_correct("A", mc) and not is_correct("red B", mc)
+    assert not is_correct(None, mc) and not is_correct("", mc)
+    short = {"answer": "two", "letter": None}
+    assert is_correct("two", short) and not is_correct("B", short) and not is_correct("three", short)
 
 
 def test_accuracy_by_answer_format():

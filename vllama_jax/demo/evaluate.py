@@ -6,7 +6,7 @@
     formats = by_format(rows)   # {"short" | "multiple_choice": {"accuracy", "stderr", "chance", "questions"}}
 
 A question is right when the answer, lower-cased and stripped of punctuation, is the expected word
-(or, for multiple choice, the expected letter): exact match, no partial credit. A question the model
+(for multiple choice: the right option's words, or its letter): exact match, no partial credit. A question the model
 could not answer (an error row of the answer path) counts as wrong.
 
 A held-out set of n questions measures an accuracy p to within a standard error of sqrt(p (1 - p) / n):
@@ -27,6 +27,15 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text or "").lower().split())
 
 
+def is_correct(answer, question: dict) -> bool:
+    """`answer` (the model's text, or None) against the question's `answer` word, or its `letter` when it
+    has one (multiple choice)."""
+    accepted = {normalise(question["answer"])}
+    if question.get("letter"):
+        accepted.add(normalise(question["letter"]))
+    return answer is not None and normalise(answer) in accepted
+
+
 def answer_questions(model, questions: Sequence[dict], data_folder: str, batch_size: int = 16,
                      max_new_tokens: int = 4) -> List[dict]:
     """Each question with `expected` (the right answer), the model's `answer` (or `error`) and `correct`,
@@ -39,8 +48,7 @@ def answer_questions(model, questions: Sequence[dict], data_folder: str, batch_s
     rows = []
     for q in questions:
         r = got.get(q["id"], {"error": "not answered"})
-        row = dict(q, expected=q["answer"], answer=r.get("answer"),
-                   correct=normalise(r.get("answer")) == normalise(q["answer"]))
+        row = dict(q, expected=q["answer"], answer=r.get("answer"), correct=is_correct(r.get("answer"), q))
         if "error" in r:
             row["error"] = r["error"]
         rows.append(row)

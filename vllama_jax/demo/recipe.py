@@ -18,7 +18,8 @@ TensorBoard events, Orbax checkpoints, config.yaml.
 
 The first phase starts from `runs/<variant>/init`: the model's random init with its frozen towers
 calibrated on the joint phase's clips (calibrate.py: their features centred / standardised, folded
-into the towers' weights), written in the release layout. Without it the decoder ignores the media.
+into the towers' weights) and the connector's RegNet blocks starting as their shortcuts, written in
+the release layout. Without the calibration the decoder ignores the media.
 
 Every row of every phase is decoded once into an ArrayRecord cache (the train code's `data.cache`):
 the fbank of a clip's 30 s sound window costs more CPU than a training step spends on the sample, and
@@ -36,7 +37,7 @@ import jax
 
 from vllama_jax.checkpoints.convert import convert
 from vllama_jax.checkpoints.export import save_videollama2
-from vllama_jax.demo.calibrate import calibrate_towers
+from vllama_jax.demo.calibrate import calibrate_towers, zero_init_last
 from vllama_jax.loading import load_tokenizer
 from vllama_jax.models.sequence import dummy_batch
 from vllama_jax.models.videollama2 import VideoLLaMA2
@@ -111,7 +112,7 @@ def calibrated_init(cfgs, data: DemoData, num_batches: int = CALIBRATION_BATCHES
     params = nn.unbox(model.init(jax.random.PRNGKey(first.train.seed), dummy_batch(model_cfg))["params"])
     source = data.train_data(joint, model_cfg)
     n = max(1, min(num_batches, source.num_rows // joint.train.global_batch_size))
-    params = calibrate_towers(model, params, (source.batches[k] for k in range(n)))
+    params = zero_init_last(calibrate_towers(model, params, (source.batches[k] for k in range(n))))
     return save_videollama2(folder, model_cfg, params, tokenizer=load_tokenizer(first.data.tokenizer))
 
 

@@ -160,8 +160,7 @@ def _test_rows(rel: str, scene: Scene, rng: np.random.Generator, start_id: int) 
         q = as_asked(q, rng, rng.random() < MC_SHARE)
         rows.append({"id": start_id + len(rows), "video": rel, "av": True, "question": q["question"],
                      "answer": q["answer"], "letter": q["letter"], "kind": q["kind"], "template": q["template"],
-                     "options": q["options"],
-                     "chance": q["chance"]})
+                     "options": q["options"], "chance": q["chance"]})
     return rows
 
 

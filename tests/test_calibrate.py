@@ -1,6 +1,7 @@
 """The demo's tower calibration (vllama_jax/demo/calibrate.py): folded into the weights, it must make the
 towers' own forward pass hand on centred vision features and standardised BEATs features over the
-calibration clips, and change nothing else."""
+calibration clips, and change nothing else; `zero_init_last` must make each connector block start as its
+shortcut."""
 import jax
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Data-dependent init of the demo's frozen random towers: features that vary around zero.
+"""The demo's init: its frozen random towers calibrated to features that vary around zero (data-dependent),
+and its connector's RegNet blocks started as their shortcuts.
 
     params = calibrate_towers(model, params, batches)   # model: VideoLLaMA2; batches: the train code's dicts
     stats = tower_stats(model, params, batches)          # what it measured (per-channel mean / std)

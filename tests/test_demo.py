@@ -193,11 +193,26 @@ def test_accuracy_by_answer_format():
                                         "pitch": {"multiple_choice": 1.0, "short": 0.0}}
 
 
+def test_steps_option_names_phases_and_counts():
+    from vllama_jax.demo.run import DEFAULT, parse_steps, with_steps
+
+    assert parse_steps(None) == {} and parse_steps("") == {}
+    assert parse_steps("demo_video=4000, demo_av=700") == {"demo_video": 4000, "demo_av": 700}
+    assert with_steps(DEFAULT, {"demo_video": 4000}).steps == {"demo_video": 4000}
+    with pytest.raises(ValueError, match="unknown phase 'video'.*demo_video"):
+        parse_steps("video=10")
+    for bad in ("demo_av=0", "demo_av=-3", "demo_av=ten", "demo_av"):
+        with pytest.raises(ValueError, match="demo_av needs a positive whole number"):
+            parse_steps(bad)
+
+
 @pytest.mark.slow
 def test_quick_demo_writes_every_result(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, VLLAMA_JAX_CACHE=str(tmp_path / "jit"))
-    proc = subprocess.run([sys.executable, "-m", "vllama_jax", "demo", "--out", str(out), "--quick"], cwd=REPO,
+    # --steps replaces one phase's steps of the quick settings (the others keep theirs).
+    proc = subprocess.run([sys.executable, "-m", "vllama_jax", "demo", "--out", str(out), "--quick", "--steps",
+                           "demo_av=4"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "results.json") as f:
@@ -225,5 +240,8 @@ def test_quick_demo_writes_every_result(tmp_path):
     # Each variant started from its calibrated init (release layout, written before its first phase).
     assert all((out / "runs" / v / "init" / "config.json").is_file() for v in ("stc", "mean_pool"))
     assert "calibrate_s" in r["timings"]["stc"]
+    assert r["settings"]["steps"] == {"demo_video": 2, "demo_audio": 2, "demo_av": 4}
+    with open(out / "runs" / "stc" / "demo_av" / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f][-1] == 4
     # The checkpoint is in the release layout and loads back.
     assert (out / r["checkpoints"]["stc"] / "model.safetensors").is_file()

@@ -18,6 +18,9 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="of the generated data")
     p.add_argument("--keep-cache", action="store_true", help="keep the decoded training rows (about 1 GB)")
     p.add_argument("--no-baseline", action="store_true", help="skip the mean-pooling baseline run")
+    p.add_argument("--steps", default=None, metavar="PHASE=N[,PHASE=N]",
+                   help="train steps of some phases (demo_video, demo_audio, demo_av) instead of the run's; "
+                        "use a fresh --out (a finished phase is not trained again)")
 
 
 def main(args) -> int:
@@ -26,14 +29,18 @@ def main(args) -> int:
 
     from data_pipelines.demo_data import DEMO_DATA
     from vllama_jax.demo.report import table
-    from vllama_jax.demo.run import run_demo
+    from vllama_jax.demo.run import DEFAULT, QUICK, parse_steps, run_demo, with_steps
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on every checkpoint read
     variants = ("stc",) if args.no_baseline else ("stc", "mean_pool")
+    try:
+        settings = with_steps(QUICK if args.quick else DEFAULT, parse_steps(args.steps))
+    except ValueError as e:
+        raise SystemExit(f"demo: {e}")
     # The command wires the two packages: data_pipelines gives the clips and batches, the library trains.
     results = run_demo(args.out, DEMO_DATA, quick=args.quick, seed=args.seed, variants=variants, keep_cache=args.keep_cache,
-                       progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), settings=settings)
     print()
     print(table(results))
     for ex in results["examples"]:

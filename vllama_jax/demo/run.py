@@ -37,7 +37,7 @@ from vllama_jax.config import preset
 from vllama_jax.demo import report
 from vllama_jax.demo.evaluate import (answer_questions, by_format, by_template, by_template_format, paired_difference,
                                       score)
-from vllama_jax.demo.recipe import (VARIANTS, DemoData, build_caches, calibrated_init, export_run, phase_configs,
+from vllama_jax.demo.recipe import (PHASES, VARIANTS, DemoData, build_caches, calibrated_init, export_run, phase_configs,
                                    train_variant)
 from vllama_jax.demo.tokenizer import word_tokenizer
 from vllama_jax.inference import enable_compilation_cache
@@ -63,6 +63,27 @@ DEFAULT = Settings(num_train=1200, num_test=200, num_audio=400, per_kind=100, st
 QUICK = Settings(num_train=24, num_test=10, num_audio=8, per_kind=4,
                  steps={"demo_video": 2, "demo_audio": 2, "demo_av": 3}, batch_size=8, answer_batch=8,
                  fast_compile=True)
+
+
+def parse_steps(text: Optional[str]) -> Dict[str, int]:
+    """`--steps "demo_video=4000,demo_av=700"` -> {"demo_video": 4000, "demo_av": 700} (phases of recipe.PHASES)."""
+    steps: Dict[str, int] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        phase, _, n = item.partition("=")
+        phase = phase.strip()
+        if phase not in PHASES:
+            raise ValueError(f"--steps: unknown phase {phase!r} in {item!r}; phases: {', '.join(PHASES)}")
+        if not n.strip().isdigit() or int(n) < 1:
+            raise ValueError(f"--steps: {phase} needs a positive whole number of steps, got {n.strip()!r}")
+        steps[phase] = int(n)
+    return steps
+
+
+def with_steps(settings: Settings, steps: Dict[str, int]) -> Settings:
+    """`settings` with some phases' step counts replaced."""
+    return dataclasses.replace(settings, steps={**settings.steps, **steps})
 
 
 def corpus_texts(data_folder: str, questions: Sequence[dict]):

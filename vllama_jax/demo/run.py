@@ -37,8 +37,8 @@ from vllama_jax.config import preset
 from vllama_jax.demo import report
 from vllama_jax.demo.evaluate import (answer_questions, by_format, by_template, by_template_format, paired_difference,
                                       score)
-from vllama_jax.demo.recipe import (PHASES, VARIANTS, DemoData, build_caches, calibrated_init, export_run, phase_configs,
-                                   train_variant)
+from vllama_jax.demo.recipe import (PHASES, VARIANTS, DemoData, build_caches, calibrated_init, export_run,
+                                   phase_configs, train_variant)
 from vllama_jax.demo.tokenizer import word_tokenizer
 from vllama_jax.inference import enable_compilation_cache
 

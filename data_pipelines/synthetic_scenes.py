@@ -9,9 +9,11 @@ sound track of tones, beeps or chirps; sampled from a seeded RNG and written as 
 A scene lasts SECONDS = 2 s at FPS = 8 (16 frames of SIZE x SIZE = 40 x 40 px) on a plain grey
 background. It holds 1 to 3 objects of distinct shapes (square, circle, triangle) and distinct colours:
 
-- the *mover* slides across the frame left, right, up or down over the whole clip;
-- the others stand still in the half of the frame the mover does not cross;
-- each object shows up at 0, 0.5 or 1 s (APPEAR_TIMES), so some appear while the clip plays;
+- the *mover* slides across the frame left, right, up or down over the whole clip, visible from the
+  first frame to the last: averaged over time, its path is the same streak whichever way it goes, so
+  only a model that keeps the frames' order (the STC connector, not mean pooling) can tell the direction;
+- the others stand still in the half of the frame the mover does not cross, and each shows up at 0,
+  0.5 or 1 s (APPEAR_TIMES), so some appear while the clip plays;
 - at most one object changes colour at CHANGE_TIME (1 s), to the colour no object has.
 
 The sound is a steady tone (high or low), 1 to 3 short beeps (high or low), or a chirp that sweeps up
@@ -88,9 +90,10 @@ class Scene:
 # ----------------------------------------------------------------------------------------------------
 
 def _mover(rng: np.random.Generator, shape: str, colour: str, appear: float, direction: str) -> SceneObject:
-    """Crosses the frame edge to edge in a band along one side (the statics take the other half)."""
+    """Crosses the frame edge to edge in a band along one side (the statics take the other half), from
+    the first frame to the last: a mover and its opposite pass the same positions, in reverse order."""
     lo, hi = 1.0, SIZE - OBJECT - 1.0
-    speed = (hi - lo) / SECONDS
+    speed = (hi - lo) / ((FRAMES - 1) / FPS)
     band = float(rng.choice([2.0, SIZE / 2 - OBJECT - 1.0]))  # near the edge or near the middle of its half
     if direction in ("left", "right"):
         x0 = lo if direction == "right" else hi
@@ -114,17 +117,18 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     shapes = [str(s) for s in rng.permutation(SHAPES)[:count]]
     colours = [str(c) for c in rng.permutation(list(COLOURS))]
     direction = str(rng.choice(DIRECTIONS))
-    # Half the objects are there from the start; the rest show up at 0.5 or 1 s.
-    appear = [float(rng.choice(APPEAR_TIMES, p=[0.5, 0.25, 0.25])) for _ in range(count)]
+    # The mover is there from the start (a late mover's time-averaged streak would give its direction
+    # away to mean pooling); the still objects show up at 0, 0.5 or 1 s.
+    appear = [0.0] + [float(rng.choice(APPEAR_TIMES)) for _ in range(count - 1)]
 
     kind = str(rng.choice(SOUNDS, p=[0.25, 0.5, 0.25]))
     if kind == "beeps":
         n = int(rng.choice([1, 2, 3], p=[0.5, 0.25, 0.25]))
-        if n == 1 and rng.random() < 0.5:
-            # A beep on an appearance: make one object appear late if none does, then beep with it.
-            late = [i for i in range(count) if appear[i] > 0]
+        if n == 1 and count > 1 and rng.random() < 0.5:
+            # A beep on an appearance: make a still object appear late if none does, then beep with it.
+            late = [i for i in range(1, count) if appear[i] > 0]
             if not late:
-                i = int(rng.integers(count))
+                i = int(rng.integers(1, count))
                 appear[i] = float(rng.choice(APPEAR_TIMES[1:]))
                 late = [i]
             beeps = (appear[int(rng.choice(late))],)

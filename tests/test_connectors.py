@@ -166,3 +166,25 @@ def test_bad_shapes_are_named():
     x = np.zeros((1, 2, 16, 32), np.float32)
     with pytest.raises(CheckpointError, match="s1.b1.downsample.conv.weight"):
         load_ours(config, sd, x, "stc")
+
+
+@pytest.mark.parametrize("kind", ["mlp2x_gelu", "stc_connector"])
+def test_projector_linears_start_as_torch_linear(kind):
+    """The projectors' Linear layers start as PyTorch's nn.Linear default (the original builds them when
+    training starts, outside transformers' init): weight and bias uniform in +-1/sqrt(fan_in)."""
+    from flax import traverse_util
+
+    cin, d = 64, 48
+    module = build_connector(ConnectorConfig(kind, cin, d))
+    x = jnp.zeros((1, 4, 16, cin), jnp.float32)
+    params = traverse_util.flatten_dict(nn.unbox(module.init(jax.random.PRNGKey(0), x)["params"]))
+    linears = {k[:-1] for k in params if k[-1] == "kernel" and params[k].ndim == 2 and
+               any(p.startswith("fc") for p in k)}
+    assert linears
+    for path in linears:
+        kernel, bias = np.asarray(params[path + ("kernel",)]), np.asarray(params[path + ("bias",)])
+        ref = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
+        bound = 1 / np.sqrt(kernel.shape[0])
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+        assert abs(kernel.std() / float(ref.weight.detach().std()) - 1) < 0.1, path
+        assert abs(bias.std() / float(ref.bias.detach().std()) - 1) < 0.5, path  # 48 values

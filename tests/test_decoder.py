@@ -8,6 +8,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -250,3 +251,25 @@ def test_one_row_gpu_product_keeps_a_second_row(monkeypatch):
     assert "concatenate" not in jax.jit(linear.dot).lower(jnp.concatenate([x, x]), small).as_text()
     monkeypatch.setattr(linear, "GPU_SMALL_PRODUCT", 64 * 96)
     assert "concatenate" not in jax.jit(lambda a, b: linear.dot(a, b)).lower(x, small).as_text()  # a new trace
+
+
+def test_init_follows_initializer_range():
+    """A decoder trained from scratch starts as transformers' does: every embedding and projection drawn
+    from N(0, initializer_range), the field read from and written to config.json (the demo's narrow
+    decoder uses 0.125, 1 / sqrt(width))."""
+    cfg = dataclasses.replace(TINY_DECODERS["qwen2"], initializer_range=0.125)
+    back = DecoderConfig.from_hf_config(cfg.to_hf_config())
+    assert back.initializer_range == 0.125
+    ref = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**cfg.to_hf_config()))
+    params = nn.unbox(Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    matrices = {k: v for k, v in flat.items() if k.endswith(("kernel", "embedding"))}
+    assert {k.split("/")[-2] for k in matrices} >= {"embed_tokens", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                    "up_proj", "down_proj", "lm_head"}
+    for k, v in matrices.items():
+        assert abs(v.std() / 0.125 - 1) < 0.1, k
+    for name, w in ref.named_parameters():
+        if w.ndim == 2:  # transformers' own init of the same config: the same spread
+            assert abs(float(w.detach().std()) / 0.125 - 1) < 0.1, name
+    default = nn.unbox(Decoder(TINY_DECODERS["qwen2"]).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    assert abs(float(np.std(default["embed_tokens"]["embedding"])) / 0.02 - 1) < 0.1

@@ -74,6 +74,24 @@ def test_scene_facts_are_in_the_pixels():
                 assert tuple(centre) == scenes.COLOURS[obj.colour_at(t)], (obj, t)
 
 
+def test_mean_pooling_cannot_tell_the_direction():
+    """The mover is there from the first frame to the last, so the frames' average (all of them, or the
+    model's 8) is the same for a mover and its opposite: only the frames' order tells the direction."""
+    from vllama_jax.preprocess.video import uniform_indices
+
+    rng = np.random.default_rng(11)
+    assert all(scenes.sample_scene(rng).mover.appear == 0 for _ in range(200))
+    sampled = uniform_indices(scenes.FRAMES, 8)
+    for a, b in (("left", "right"), ("up", "down")):
+        for seed in range(2):  # both bands
+            movers = [scenes._mover(np.random.default_rng(seed), "circle", "red", 0.0, d) for d in (a, b)]
+            clips = [scenes.render_frames(scenes.Scene((m,), d, scenes.Sound("tone", pitch="high"))).astype(float)
+                     for m, d in zip(movers, (a, b))]
+            assert not np.array_equal(clips[0], clips[1])
+            np.testing.assert_array_equal(clips[0].mean(0), clips[1].mean(0))
+            np.testing.assert_array_equal(clips[0][sampled].mean(0), clips[1][sampled].mean(0))
+
+
 def test_every_question_kind_is_answerable(dataset):
     rows = qa.read_test_questions(dataset)
     assert {r["kind"] for r in rows} == set(qa.KINDS)

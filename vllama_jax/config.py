@@ -77,6 +77,10 @@ class DecoderConfig:
     # (Mixtral's default, and the released VideoLLaMA2-8x7B's: off).
     output_router_logits: bool = False
     tie_word_embeddings: bool = False
+    # Std of the normal init of the embeddings and every projection (HF's `initializer_range`): only a
+    # model trained from scratch sees it. 0.02 suits released widths (~1.3 / sqrt(4096)); a narrow model
+    # wants ~1 / sqrt(hidden_size), or its attention starts uniform and its blocks near zero (the demo).
+    initializer_range: float = 0.02
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[Union[int, Tuple[int, ...]]] = None
     pad_token_id: Optional[int] = None
@@ -134,6 +138,7 @@ class DecoderConfig:
             router_aux_loss_coef=d.get("router_aux_loss_coef", 0.02),
             output_router_logits=bool(d.get("output_router_logits", False)) if family == "mixtral" else False,
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            initializer_range=float(d.get("initializer_range", 0.02)),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             pad_token_id=d.get("pad_token_id"),
@@ -153,6 +158,7 @@ class DecoderConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "sliding_window": self.sliding_window,
             "tie_word_embeddings": self.tie_word_embeddings,
+            "initializer_range": self.initializer_range,
             "hidden_act": "silu",
             "bos_token_id": self.bos_token_id,
             "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
@@ -525,12 +531,15 @@ PRESETS["tiny-av-qwen2"] = VideoLLaMA2Config(
 # tower hands on its last layer (2 layers: the usual second-to-last would leave one unused); BEATs
 # takes 64 x 64 fbank patches, 92 tokens for the 30 s window instead of 16 x 16's 1496, which is what
 # makes a CPU step affordable. The word-level tokenizer of the demo has fewer than 128 ids, and
-# `<|im_end|>` (id 2) ends an answer. "-meanpool" is the same model with the `mlp2x_gelu` projector,
-# which averages the frames (the baseline that cannot see motion).
+# `<|im_end|>` (id 2) ends an answer. Its decoder starts at the init std of its width (1 / sqrt(64) =
+# 0.125; the usual 0.02 suits ~4096): at 0.02 every attention starts uniform and every block near zero,
+# and the demo's visual answers stalled at the class prior for hundreds of steps (README). "-meanpool" is
+# the same model with the `mlp2x_gelu` projector, which averages the frames (the baseline that cannot
+# see motion).
 DEMO_DECODER = DecoderConfig(family="qwen2", vocab_size=128, hidden_size=64, intermediate_size=256, num_layers=2,
                              num_heads=4, num_kv_heads=2, rope_theta=1e4, rms_norm_eps=1e-6,
-                             max_position_embeddings=512, attention_bias=True, bos_token_id=None,
-                             eos_token_id=2, pad_token_id=0)
+                             max_position_embeddings=512, attention_bias=True, initializer_range=0.125,
+                             bos_token_id=None, eos_token_id=2, pad_token_id=0)
 DEMO_CLIP = VisionConfig(family="clip", image_size=40, patch_size=8, hidden_size=64, intermediate_size=128,
                          num_layers=2, num_heads=4, layer_norm_eps=1e-5, hidden_act="quick_gelu", select_layer=-1)
 DEMO_BEATS = BEATsConfig(input_patch_size=64, embed_dim=32, encoder_layers=2, encoder_embed_dim=64,

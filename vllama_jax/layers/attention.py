@@ -13,13 +13,13 @@ scalar, or (B,) one per row) passed alongside. The L new keys/values are written
 [index, index + L); a query at slot index + i sees the slots <= index + i that `mask` marks valid.
 Static shapes throughout, so one compiled step serves every decode position.
 """
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vllama_jax.layers.linear import Dense
+from vllama_jax.layers.linear import Dense, default_kernel_init
 from vllama_jax.layers.rope import apply_rope
 
 # A large negative number rather than -inf, so a row with nothing to attend to (a padding query)
@@ -73,6 +73,7 @@ class Attention(nn.Module):
     sliding_window: Optional[int] = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    kernel_init: Callable = default_kernel_init
 
     @nn.compact
     def __call__(self, x, *, positions=None, mask=None, bias=None, cache=None, cache_index=None):
@@ -80,7 +81,8 @@ class Attention(nn.Module):
         length S with a cache) or a full (B, 1|H, L, Lk) bool mask. bias: additive (B|1, H, L, Lk).
         Returns (out (B, L, D), new_cache or None)."""
         b, l, d = x.shape
-        dense = lambda n, axes, bias_, name: Dense(n, axes, bias_, self.dtype, self.param_dtype, name=name)
+        dense = lambda n, axes, bias_, name: Dense(n, axes, bias_, self.dtype, self.param_dtype, self.kernel_init,
+                                                   name=name)
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         if self.has_variable("params", "qkv_proj"):  # fused by models/decoder.py `fuse_projections`
             qkv = dense(nq + 2 * nkv, ("embed", "heads"), self.qkv_bias, "qkv_proj")(x)
@@ -126,5 +128,6 @@ class Attention(nn.Module):
 
         out = dot_product_attention(q, k, v, mask=full_mask, bias=bias)
         out = out.reshape(b, l, self.num_heads * self.head_dim)
-        out = Dense(d, ("heads", "embed"), self.out_bias, self.dtype, self.param_dtype, name="o_proj")(out)
+        out = Dense(d, ("heads", "embed"), self.out_bias, self.dtype, self.param_dtype, self.kernel_init,
+                    name="o_proj")(out)
         return out, new_cache

@@ -19,7 +19,15 @@ import jax.numpy as jnp
 from vllama_jax import kernels
 from vllama_jax.quantize import QArray
 
-default_kernel_init = nn.initializers.normal(stddev=0.02)
+default_kernel_init = nn.initializers.normal(stddev=0.02)  # transformers' `initializer_range` default
+# PyTorch's nn.Linear default, U(-1/sqrt(in), 1/sqrt(in)) for weight and bias: what a layer built outside
+# a transformers model's `post_init` starts from (the original's projectors, made when training starts).
+torch_linear_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_linear_bias_init(fan_in: int) -> Callable:
+    bound = 1.0 / fan_in ** 0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 # Up to this many rows (batch x new tokens) a product is memory-bound: the decode kernel streams the weights
 # once. Above it (prefill, training) XLA's GEMM is the faster one.
@@ -114,6 +122,7 @@ class Dense(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Callable = default_kernel_init
+    bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x):
@@ -121,7 +130,7 @@ class Dense(nn.Module):
                             (x.shape[-1], self.features), self.param_dtype)
         y = matmul(x, kernel, self.dtype)
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, self.axes[1:]),
                               (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y

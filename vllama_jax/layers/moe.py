@@ -24,7 +24,7 @@ For the Switch-Transformer load-balancing loss, each layer sows its router stati
 all layers, as HF's `load_balancing_loss_func` does, and training adds it with `router_aux_loss_coef`
 when the config has `output_router_logits` (as HF's MixtralForCausalLM does).
 """
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -69,11 +69,12 @@ class Experts(nn.Module):
     dispatch: str = "dense"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    kernel_init: Callable = default_kernel_init
 
     def _weights(self, d):
         n, f = self.num_experts, self.hidden
         param = lambda name, axes, shape: self.param(
-            name, nn.with_logical_partitioning(default_kernel_init, axes), shape, self.param_dtype).astype(self.dtype)
+            name, nn.with_logical_partitioning(self.kernel_init, axes), shape, self.param_dtype).astype(self.dtype)
         return (param("w1", ("expert", "embed", "mlp"), (n, d, f)),
                 param("w3", ("expert", "embed", "mlp"), (n, d, f)),
                 param("w2", ("expert", "mlp", "embed"), (n, f, d)))
@@ -114,13 +115,14 @@ class SparseMoE(nn.Module):
     dispatch: str = "dense"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    kernel_init: Callable = default_kernel_init
 
     @nn.compact
     def __call__(self, x, token_mask: Optional[jax.Array] = None):
         router_logits = Dense(self.num_experts, ("embed", "expert"), False, self.dtype, self.param_dtype,
-                              name="gate")(x).astype(jnp.float32)
+                              self.kernel_init, name="gate")(x).astype(jnp.float32)
         top_logits, top_idx = jax.lax.top_k(router_logits, self.top_k)
         top_weights = jax.nn.softmax(top_logits, axis=-1)
         self.sow("intermediates", "router_stats", router_stats(router_logits, top_idx, token_mask))
-        return Experts(self.num_experts, self.hidden, self.dispatch, self.dtype, self.param_dtype,
+        return Experts(self.num_experts, self.hidden, self.dispatch, self.dtype, self.param_dtype, self.kernel_init,
                        name="experts")(x, top_idx, top_weights)

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from vllama_jax.checkpoints.keymap import KeyMap
 from vllama_jax.config import ConfigError, ConnectorConfig, SpatioTemporalSpec
-from vllama_jax.layers.linear import Dense
+from vllama_jax.layers.linear import Dense, torch_linear_bias_init, torch_linear_kernel_init
 from vllama_jax.layers.conv import Conv
 from vllama_jax.layers.regstage import RegStage, regstage_key_map
 
@@ -84,7 +84,10 @@ class MLPProjector(nn.Module):
             # Alternate (embed, mlp) / (mlp, embed) so that tensor parallelism splits each pair of
             # layers column- then row-wise, with no gather between them.
             axes = ("embed", "mlp") if i % 2 == 0 else ("mlp", "embed")
+            # Initialised as PyTorch's nn.Linear (the original builds its projectors when training starts,
+            # outside transformers' init): at a small width the usual 0.02 std would shrink each layer's output.
             x = Dense(self.features, axes=axes, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                      kernel_init=torch_linear_kernel_init, bias_init=torch_linear_bias_init(x.shape[-1]),
                       name=f"fc{i + 1}")(x)
         return x
 

@@ -46,7 +46,7 @@ from vllama_jax import kernels
 from vllama_jax.checkpoints.keymap import KeyMap
 from vllama_jax.config import DecoderConfig
 from vllama_jax.layers.attention import Attention
-from vllama_jax.layers.linear import Dense, LayerRef, default_kernel_init
+from vllama_jax.layers.linear import Dense, LayerRef
 from vllama_jax.layers.mlp import GatedMLP
 from vllama_jax.layers.moe import SparseMoE, load_balancing_loss
 from vllama_jax.layers.norms import RMSNorm
@@ -72,10 +72,12 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, cache, positions, mask, cache_index):
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name=name)
+        init = nn.initializers.normal(stddev=cfg.initializer_range)
         h, new_cache = Attention(
             num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.dim_per_head,
             qkv_bias=cfg.attention_bias, rope_theta=cfg.rope_theta, causal=True,
-            sliding_window=cfg.sliding_window, dtype=self.dtype, param_dtype=self.param_dtype, name="self_attn",
+            sliding_window=cfg.sliding_window, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
+            name="self_attn",
         )(norm("input_layernorm")(x), positions=positions, mask=mask, cache=cache, cache_index=cache_index)
         x = x + h
         h = norm("post_attention_layernorm")(x)
@@ -84,9 +86,9 @@ class DecoderLayer(nn.Module):
             # and a cache means inference, where the loss is not wanted anyway.
             token_mask = mask if cache is None else None
             h = SparseMoE(cfg.num_experts, cfg.num_experts_per_tok, cfg.intermediate_size, self.moe_dispatch,
-                          self.dtype, self.param_dtype, name="block_sparse_moe")(h, token_mask)
+                          self.dtype, self.param_dtype, init, name="block_sparse_moe")(h, token_mask)
         else:
-            h = GatedMLP(cfg.intermediate_size, self.dtype, self.param_dtype, name="mlp")(h)
+            h = GatedMLP(cfg.intermediate_size, self.dtype, self.param_dtype, init, name="mlp")(h)
         return nn.with_logical_constraint(x + h, ACTIVATION_AXES), new_cache
 
 
@@ -127,9 +129,10 @@ class Decoder(nn.Module):
 
     def setup(self):
         cfg = self.config
+        init = nn.initializers.normal(stddev=cfg.initializer_range)
         self.embed_tokens = nn.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-            embedding_init=nn.with_logical_partitioning(default_kernel_init, ("vocab", "embed")))
+            embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
         stack = nn.scan(
             remat(DecoderLayer, self.remat_policy),
             variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
@@ -138,7 +141,7 @@ class Decoder(nn.Module):
         self.layers = stack(cfg, self.dtype, self.param_dtype, self.moe_dispatch)
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), False, self.dtype, self.param_dtype)
+            self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), False, self.dtype, self.param_dtype, init)
 
     def _unrolled_layers(self, x, caches, positions, mask, cache_index):
         """The decode path: each layer applied on its `layer_view` of the stacked params and its own cache."""

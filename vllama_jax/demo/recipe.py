@@ -109,7 +109,9 @@ def calibrated_init(cfgs, data: DemoData, num_batches: int = CALIBRATION_BATCHES
         return folder
     model_cfg = first.model.resolve()
     model = VideoLLaMA2(model_cfg)
-    params = nn.unbox(model.init(jax.random.PRNGKey(first.train.seed), dummy_batch(model_cfg))["params"])
+    # Jitted: one compile of the init program (eagerly, each of its ~400 ops compiles on its own: 30 s).
+    init = jax.jit(lambda rng, batch: nn.unbox(model.init(rng, batch)["params"]))
+    params = init(jax.random.PRNGKey(first.train.seed), dummy_batch(model_cfg))
     source = data.train_data(joint, model_cfg)
     n = max(1, min(num_batches, source.num_rows // joint.train.global_batch_size))
     params = zero_init_last(calibrate_towers(model, params, (source.batches[k] for k in range(n))))

@@ -92,6 +92,28 @@ def test_mean_pooling_cannot_tell_the_direction():
             np.testing.assert_array_equal(clips[0][sampled].mean(0), clips[1][sampled].mean(0))
 
 
+def test_clips_written_by_threads_are_those_of_one_thread(dataset, tmp_path, monkeypatch):
+    """The clips are encoded a few at a time; the files are the same bytes as one thread writes, and a
+    clip that cannot be written stops the dataset with its error."""
+    import filecmp
+
+    monkeypatch.setattr(qa, "WRITE_THREADS", 1)
+    serial = qa.make_qa_dataset(str(tmp_path / "serial"), num_train=16, num_test=24, num_audio=6, seed=1,
+                                per_kind=6, progress=False)
+    names = sorted(os.listdir(os.path.join(dataset, "videos")))
+    assert names == sorted(os.listdir(os.path.join(serial, "videos"))) and len(names) == 40
+    for name in names + ["../video.json", "../av.json", "../audio.json", "../test.jsonl"]:
+        assert filecmp.cmp(os.path.join(dataset, "videos", name), os.path.join(serial, "videos", name), shallow=False)
+
+    def broken(path, scene):
+        raise OSError(f"cannot write {path}")
+
+    monkeypatch.setattr(qa, "write_clip", broken)
+    with pytest.raises(OSError, match="cannot write"):
+        qa.make_qa_dataset(str(tmp_path / "broken"), num_train=2, num_test=1, num_audio=1, progress=False)
+    assert not os.path.exists(tmp_path / "broken")  # nothing half-written is left under the name
+
+
 def test_every_question_kind_is_answerable(dataset):
     rows = qa.read_test_questions(dataset)
     assert {r["kind"] for r in rows} == set(qa.KINDS)

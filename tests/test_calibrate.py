@@ -1,7 +1,10 @@
 """The demo's tower calibration (vllama_jax/demo/calibrate.py): folded into the weights, it must make the
 towers' own forward pass hand on centred vision features and standardised BEATs features over the
 calibration clips, and change nothing else; `zero_init_last` must make each connector block start as its
-shortcut."""
+shortcut; `standardise_connector` must make the connector's linear maps read zero-mean, unit-variance
+inputs (exactly the projector on standardised features, for a Linear)."""
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -89,3 +92,82 @@ def test_zero_init_last_starts_each_connector_block_as_its_shortcut():
     p0 = zero_init_last({"connector": p})["connector"]
     np.testing.assert_allclose(np.asarray(block.apply({"params": p0}, x)), np.asarray(jax.nn.silu(x)), atol=1e-6)
     assert not np.allclose(np.asarray(block.apply({"params": p}, x)), np.asarray(jax.nn.silu(x)), atol=1e-3)
+
+
+def _stages(model, params, video):
+    """The STC's stage outputs, captured by Flax (s1: (B, T, h, w, C) as the sampler reads it; s2: (B, tokens, D)
+    as the readout reads it)."""
+    _, state = model.apply({"params": params}, video, method=lambda m, v: m.encode_video(v),
+                           capture_intermediates=True, mutable=["intermediates"])
+    c = state["intermediates"]["connector"]
+    b, t = video.shape[:2]
+    s1, s2 = (np.asarray(c[k]["__call__"][0], np.float64) for k in ("s1", "s2"))
+    return s1.reshape((b, t) + s1.shape[1:]), s2.reshape(b, -1, s2.shape[-1])
+
+
+def _standardised(x):
+    flat = x.reshape(-1, x.shape[-1])
+    return (x - flat.mean(0)) / flat.std(0)
+
+
+def test_standardised_stc_reads_its_stages_standardised():
+    """The STC's sampler with folded weights reads s1's output as the original sampler reads it standardised
+    per channel (exact wherever its window misses the zero padding), and the folded readout reads s2's
+    output so (exact); rows without video do not count, and nothing else changes."""
+    from vllama_jax.demo.calibrate import standardise_connector, zero_init_last
+    from vllama_jax.layers.conv import Conv
+    from vllama_jax.models.connectors import MLPProjector, READOUT_DEPTH
+
+    cfg = preset("demo-av")
+    model = VideoLLaMA2(cfg)
+    params = zero_init_last(nn.unbox(model.init(jax.random.PRNGKey(0), dummy_batch(cfg))["params"]))
+    batches = _batches(cfg, np.random.default_rng(2))
+    batches[0]["has_video"][1] = False
+    batches[0]["video"][1] = 1e3  # a row without video must not count
+    new = standardise_connector(model, params, batches)
+    video = np.concatenate([b["video"][b["has_video"]] for b in batches])
+
+    x, _ = _stages(model, params, video)
+    spec, d = cfg.connector.spec, cfg.connector.out_dim
+    sampler = Conv(d, spec.downsample, strides=spec.downsample, padding=spec.padding, use_bias=True)
+    got = np.asarray(sampler.apply({"params": new["connector"]["sampler"]}, x.astype(np.float32)))
+    want = np.asarray(sampler.apply({"params": params["connector"]["sampler"]}, _standardised(x).astype(np.float32)))
+    inner = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))  # windows that read no padding
+    np.testing.assert_allclose(got[inner], want[inner], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(got[inner], np.asarray(sampler.apply({"params": params["connector"]["sampler"]},
+                                                                 x.astype(np.float32)))[inner], atol=1e-2)
+
+    _, y = _stages(model, new, video)
+    readout = MLPProjector(READOUT_DEPTH, d)
+    got = np.asarray(readout.apply({"params": new["connector"]["readout"]}, y.astype(np.float32)))
+    want = np.asarray(readout.apply({"params": params["connector"]["readout"]}, _standardised(y).astype(np.float32)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    flat0, flat1 = traverse_util.flatten_dict(params), traverse_util.flatten_dict(new)
+    changed = {k for k in flat0 if not np.array_equal(np.asarray(flat0[k]), np.asarray(flat1[k]))}
+    assert changed == {("connector",) + p + (w,) for p in (("sampler",), ("readout", "fc1")) for w in ("kernel", "bias")}
+
+
+def test_standardised_mean_pool_projector_is_the_projector_on_standardised_features():
+    """The fold is exact for a Linear: the projector with folded weights equals the original projector
+    applied to the frame-averaged tower features standardised per channel (computed here in numpy)."""
+    from vllama_jax.demo.calibrate import standardise_connector
+
+    cfg = preset("demo-av-meanpool")
+    model = VideoLLaMA2(cfg)
+    params = nn.unbox(model.init(jax.random.PRNGKey(3), dummy_batch(cfg))["params"])
+    batches = _batches(cfg, np.random.default_rng(4))
+    new = standardise_connector(model, params, batches)
+    video = np.concatenate([b["video"] for b in batches])
+    b, t = video.shape[:2]
+    feats = np.asarray(model.apply({"params": params}, video.reshape((b * t,) + video.shape[2:]),
+                                   method=lambda m, x: m.vision.features(x)), np.float64)
+    pooled = feats.reshape((b, t) + feats.shape[1:]).mean(1)  # (B, P, C)
+    flat = pooled.reshape(-1, pooled.shape[-1])
+    z = (pooled - flat.mean(0)) / flat.std(0)
+    fc1, fc2 = (np.asarray(params["connector"][k]["kernel"], np.float64) for k in ("fc1", "fc2"))
+    b1, b2 = (np.asarray(params["connector"][k]["bias"], np.float64) for k in ("fc1", "fc2"))
+    h = z @ fc1 + b1
+    expected = (0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))) @ fc2 + b2
+    got = np.asarray(model.apply({"params": new}, video, method=lambda m, v: m.encode_video(v)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

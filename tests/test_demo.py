@@ -153,6 +153,38 @@ def test_answers_follow_from_the_scene():
                     "sync", "with_beep"}
 
 
+def test_no_training_turn_answers_another():
+    """In a training conversation no turn names the object that is another's answer ("What colour is the
+    circle? red" then "What shape is the red one?"), and the rule draws from the generator what picking
+    without it drew, so a seed's clips and held-out questions do not move."""
+    import re
+
+    rng = np.random.default_rng(3)
+    shapes_kept = beeps_kept = 0
+    for i in range(300):
+        scene = scenes.sample_scene(rng)
+        for name, row in qa._train_rows(f"v{i}.mp4", scene, rng, with_audio_row=True).items():
+            conv = row["conversations"]
+            turns = [(re.sub(r" \(A\).*", "", conv[k]["value"].split("\n")[-1]), conv[k + 1]["value"])
+                     for k in range(0, len(conv), 2)]
+            for j, (_, answer) in enumerate(turns):
+                others = " ".join(q for k, (q, _) in enumerate(turns) if k != j)
+                if answer in scenes.COLOURS or answer in scenes.SHAPES:  # an object's name
+                    assert answer not in others.replace("?", " ").replace(",", " ").split(), (name, turns)
+                shapes_kept += turns[j][0].startswith("What shape")
+                beeps_kept += turns[j][0].startswith("How many beeps")
+    assert shapes_kept > 50 and beeps_kept > 50  # the rule leaves shape (and count) questions to train on
+
+    questions = [qa.as_asked(q, np.random.default_rng(0), False) for q in qa.scene_questions(scene)]
+    for limit in (1, 3, 5, 50):
+        a, b = np.random.default_rng(11), np.random.default_rng(11)
+        picked = qa.pick(questions, limit, a)
+        assert 1 <= len(picked) <= limit
+        b.permutation(len(questions))
+        b.permutation(min(limit, len(questions)))
+        assert a.bit_generator.state == b.bit_generator.state
+
+
 def test_annotations_train_without_a_bad_row(dataset, tmp_path):
     """Every phase file decodes into samples with the pipeline of `vllama-jax train`."""
     from data_pipelines.annotations import read_annotation_file
@@ -285,3 +317,18 @@ def test_quick_demo_writes_every_result(tmp_path):
         assert [json.loads(line)["step"] for line in f][-1] == 4
     # The checkpoint is in the release layout and loads back.
     assert (out / r["checkpoints"]["stc"] / "model.safetensors").is_file()
+
+    # The sweep of the README's measurements runs from the demo's folder (benchmarks/demo_sweep.py):
+    # the video phase through the train loop on clips rendered on the fly, scored on held-out ones.
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.demo_sweep", "--demo", str(out), "--out", str(sweep),
+                           "--test-clips", "3", "--workers", "2", "tiny:stc:2:24:train.global_batch_size=8"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(sweep / "results.json") as f:
+        tiny = json.load(f)["tiny"]
+    assert 0 <= tiny["visual"] <= 1 and {"count", "direction"} <= set(tiny)
+    assert tiny["run"] == {"name": "tiny", "variant": "stc", "steps": 2, "clips": 24,
+                           "overrides": ["train.global_batch_size=8"]}
+    with open(sweep / "tiny" / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f][-1] == 2

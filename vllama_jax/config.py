@@ -533,9 +533,9 @@ PRESETS["tiny-av-qwen2"] = VideoLLaMA2Config(
 # makes a CPU step affordable. The word-level tokenizer of the demo has fewer than 128 ids, and
 # `<|im_end|>` (id 2) ends an answer. Its decoder starts at the init std of its width (1 / sqrt(64) =
 # 0.125; the usual 0.02 suits ~4096): at 0.02 every attention starts uniform and every block near zero,
-# and the demo's visual answers stalled at the class prior for hundreds of steps (README). "-meanpool" is
-# the same model with the `mlp2x_gelu` projector, which averages the frames (the baseline that cannot
-# see motion).
+# and the demo's visual answers stalled at the class prior for hundreds of steps (docs/demo_findings.md).
+# "-meanpool" is the same model with the `mlp2x_gelu` projector, which averages the frames (the baseline
+# that cannot see motion).
 DEMO_DECODER = DecoderConfig(family="qwen2", vocab_size=128, hidden_size=64, intermediate_size=256, num_layers=2,
                              num_heads=4, num_kv_heads=2, rope_theta=1e4, rms_norm_eps=1e-6,
                              max_position_embeddings=512, attention_bias=True, initializer_range=0.125,

@@ -1,9 +1,11 @@
 """The demo's init: its frozen random towers calibrated to features that vary around zero (data-dependent),
-and its connector's RegNet blocks started as their shortcuts.
+its connector's RegNet blocks started as their shortcuts, and its connector's linear maps fed
+standardised inputs.
 
     params = calibrate_towers(model, params, batches)   # model: VideoLLaMA2; batches: the train code's dicts
     stats = tower_stats(model, params, batches)          # what it measured (per-channel mean / std)
     params = zero_init_last(params)                      # the connector's RegNet blocks start as identities
+    params = standardise_connector(model, params, batches)  # its sampler / readout see (x - mean) / std
 
 A randomly initialised tower hands on features dominated by one component that every clip shares: the
 grey background's patches, and the 28 s of padding in BEATs' 30 s window (a demo clip lasts 2 s). The
@@ -20,18 +22,35 @@ exactly into their weights, so the model code is unchanged and the checkpoint lo
   per-channel mean is subtracted from that layer's fc2 bias. A per-channel scale cannot be folded into
   a residual sum; centring is what the decoder needed (measured: the same accuracy as standardising).
 
-Shapes: video (B, T, 3, H, W) -> tower features (B * T, P, C); fbank (B, F, 128) -> BEATs (B, N, C).
+The connector, once its blocks start as shortcuts, is quiet in another way: each RegNet stage is then
+SiLU applied four times to its shortcut (a 1x1 conv and a norm), so what the STC's sampler and readout
+read varies between clips by about 0.1 % of its size (measured on the demo's init). They start
+reading a constant, and the STC connector learned the demo's objects slowly (docs/demo_findings.md,
+"The STC starts mute"). `standardise_connector` scales and shifts the inputs of the connector's linear maps, the
+sampler (Conv3d) and the readout's first Linear (and the mean-pooling projector's fc1, so that the
+baseline gets the same treatment), to zero mean and unit variance per channel over the calibration
+clips, folded into their kernels and biases (LSUV-style data-dependent init: W' = W / s, b' = b -
+(m / s) W). One caveat: the sampler's zero padding is then read as -m / s, not as the mean; an init
+choice, not a change of the model.
+
+Shapes: video (B, T, 3, H, W) -> tower features (B * T, P, C); fbank (B, F, 128) -> BEATs (B, N, C);
+connector inputs: sampler (B, T, h, w, C), readout (B, tokens, D), mean-pool fc1 (B, P, C).
 """
 from __future__ import annotations
 
 from typing import Dict, Iterable, Tuple
 
+import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
 
 VISION_FC2_BIAS = ("vision", "encoder", "layers", "mlp", "fc2", "bias")  # (L, C): stacked layers
 BEATS_LAST_NORM = ("audio", "encoder", "layers", "final_layer_norm")  # scale / bias, (L, C)
+# The connector's linear maps whose inputs are standardised, in the order the forward pass reaches them
+# (each is measured after those before it are folded); a connector has some of them: the STC family
+# `sampler` and `readout/fc1`, the mlpNx_gelu projector `fc1`.
+CONNECTOR_INPUTS = (("connector", "sampler"), ("connector", "readout", "fc1"), ("connector", "fc1"))
 
 
 def feature_layer(num_layers: int, select_layer: int) -> int:
@@ -119,3 +138,52 @@ def zero_init_last(params):
 def calibrate_towers(model, params, batches: Iterable[Dict[str, np.ndarray]]):
     """`params` whose towers hand on centred (vision) and standardised (BEATs) features over `batches`."""
     return fold(model.config, params, tower_stats(model, params, batches))
+
+
+def connector_input_stats(model, params, batches: Iterable[Dict[str, np.ndarray]], path: Tuple[str, ...]
+                          ) -> Dict[str, np.ndarray]:
+    """Per-channel mean / std of what the layer at `path` (a connector's Conv or Dense) reads, over every
+    position of the video rows of `batches`."""
+    def run(p, video):
+        seen = {}
+
+        def record(next_fun, args, kwargs, context):
+            if context.method_name == "__call__" and tuple(context.module.path) == path:
+                seen["x"] = args[0]
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            model.apply({"params": p}, video, method=lambda m, v: m.encode_video(v))
+        return seen["x"]
+
+    run = jax.jit(run)
+    total, total2, n = 0.0, 0.0, 0
+    for batch in batches:
+        keep = np.asarray(batch.get("has_video", np.ones(len(batch["video"]), bool)), bool)
+        if not keep.any():
+            continue
+        x = np.asarray(run(params, batch["video"][keep]), np.float64)
+        x = x.reshape(-1, x.shape[-1])
+        total, total2, n = total + x.sum(0), total2 + (x * x).sum(0), n + x.shape[0]
+    if not n:
+        raise ValueError("no video rows to standardise the connector on")
+    mean = total / n
+    return {"mean": mean, "std": np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))}
+
+
+def standardise_connector(model, params, batches: Iterable[Dict[str, np.ndarray]], eps: float = 1e-6):
+    """`params` whose connector's sampler and readout (or mean-pooling fc1) read zero-mean, unit-variance
+    inputs over the video rows of `batches` (see the module doc); nothing else changes."""
+    batches = list(batches)
+    flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params)).items()}
+    for path in CONNECTOR_INPUTS:
+        if path + ("kernel",) not in flat:
+            continue
+        stats = connector_input_stats(model, traverse_util.unflatten_dict(flat), batches, path)
+        kernel = np.asarray(flat[path + ("kernel",)], np.float64)  # (..., in, out)
+        folded = kernel / np.maximum(stats["std"], eps)[:, None]
+        bias = np.asarray(flat[path + ("bias",)], np.float64)
+        bias = bias - (folded * stats["mean"][:, None]).reshape(-1, folded.shape[-1]).sum(0)  # every tap reads m
+        flat[path + ("kernel",)] = folded.astype(flat[path + ("kernel",)].dtype)
+        flat[path + ("bias",)] = bias.astype(flat[path + ("bias",)].dtype)
+    return traverse_util.unflatten_dict(flat)

@@ -18,8 +18,9 @@ TensorBoard events, Orbax checkpoints, config.yaml.
 
 The first phase starts from `runs/<variant>/init`: the model's random init with its frozen towers
 calibrated on the joint phase's clips (calibrate.py: their features centred / standardised, folded
-into the towers' weights) and the connector's RegNet blocks starting as their shortcuts, written in
-the release layout. Without the calibration the decoder ignores the media.
+into the towers' weights), the connector's RegNet blocks starting as their shortcuts and its linear
+maps reading standardised inputs, written in the release layout. Without the calibration the decoder
+ignores the media.
 
 Every row of every phase is decoded once into an ArrayRecord cache (the train code's `data.cache`):
 the fbank of a clip's 30 s sound window costs more CPU than a training step spends on the sample, and
@@ -37,7 +38,7 @@ import jax
 
 from vllama_jax.checkpoints.convert import convert
 from vllama_jax.checkpoints.export import save_videollama2
-from vllama_jax.demo.calibrate import calibrate_towers, zero_init_last
+from vllama_jax.demo.calibrate import calibrate_towers, standardise_connector, zero_init_last
 from vllama_jax.loading import load_tokenizer
 from vllama_jax.models.sequence import dummy_batch
 from vllama_jax.models.videollama2 import VideoLLaMA2
@@ -101,8 +102,8 @@ def build_caches(cfgs, data: DemoData) -> None:
 
 def calibrated_init(cfgs, data: DemoData, num_batches: int = CALIBRATION_BATCHES) -> str:
     """Write the first phase's `init.checkpoint` (unless it is there): the model's random init (seed
-    `train.seed`) with its towers calibrated on the first batches of the last (joint) phase, whose rows
-    carry both video and sound; release layout, with the demo's tokenizer."""
+    `train.seed`) with its towers and connector calibrated on the first batches of the last (joint)
+    phase, whose rows carry both video and sound; release layout, with the demo's tokenizer."""
     first, joint = cfgs[0], cfgs[-1]
     folder = first.init.checkpoint
     if os.path.exists(os.path.join(folder, "config.json")):
@@ -114,7 +115,9 @@ def calibrated_init(cfgs, data: DemoData, num_batches: int = CALIBRATION_BATCHES
     params = init(jax.random.PRNGKey(first.train.seed), dummy_batch(model_cfg))
     source = data.train_data(joint, model_cfg)
     n = max(1, min(num_batches, source.num_rows // joint.train.global_batch_size))
-    params = zero_init_last(calibrate_towers(model, params, (source.batches[k] for k in range(n))))
+    batches = [source.batches[k] for k in range(n)]
+    params = zero_init_last(calibrate_towers(model, params, batches))
+    params = standardise_connector(model, params, batches)
     return save_videollama2(folder, model_cfg, params, tokenizer=load_tokenizer(first.data.tokenizer))
 
 

@@ -9,7 +9,8 @@ written as the empty sample it becomes in training. Training then reads record i
 have decoded row i, so the cache is a drop-in: same shuffle, same samples, same bad-row counts.
 Frames are stored as float16 by default (half the bytes; about 1e-3 relative rounding of the
 normalised pixels), `--dtype float32` keeps them exact. `manifest.json` records the annotation files
-and the pre-processing; training refuses a cache made from other files. The record format: records.py.
+(paths and sha256) and the pre-processing; training refuses a cache made from other files or from an
+earlier version of them. The record format: records.py.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ import os
 import grain
 import numpy as np
 
-from data_pipelines.pipeline import row_datasets
+from data_pipelines.pipeline import annotation_path, row_datasets
 from data_pipelines.records import MANIFEST, serialize
 from data_pipelines.samples import SampleDecoder
+from vllama_jax.evaluation.reproducibility import sha256_file
 
 def write_cache(sources, spec, out: str, *, records_per_shard: int = 1024, dtype: str = "float16",
                 worker_count: int = 0, read_threads: int = 4) -> dict:
@@ -48,8 +50,9 @@ def write_cache(sources, spec, out: str, *, records_per_shard: int = 1024, dtype
         if writer is not None:
             writer.close()
         counts.append({"rows": n, "bad": bad})
-    manifest = {"sources": [s.path for s in sources], "counts": counts, "dtype": dtype,
-                "spec": dataclasses.asdict(spec)}
+    manifest = {"sources": [s.path for s in sources],
+                "sha256": [sha256_file(annotation_path(spec.data_folder, s.path)) for s in sources],
+                "counts": counts, "dtype": dtype, "spec": dataclasses.asdict(spec)}
     with open(os.path.join(out, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest

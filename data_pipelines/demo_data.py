@@ -10,19 +10,27 @@ The library never imports data_pipelines (the arrows run one way: this package u
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 from data_pipelines.cache import write_cache
-from data_pipelines.from_config import sample_spec, sources_of, train_data
-from data_pipelines.records import MANIFEST
+from data_pipelines.from_config import sample_spec, source_digests, sources_of, train_data
+from data_pipelines.records import MANIFEST, manifest_mismatch
 from data_pipelines.synthetic_qa import KINDS, make_qa_dataset, read_test_questions
 from vllama_jax.demo.recipe import DemoData
 
 
 def write_phase_cache(cfg) -> None:
-    """Decode the phase's rows into `cfg.data.cache`, unless a complete cache is there."""
-    if os.path.exists(os.path.join(cfg.data.cache, MANIFEST)):
-        return
+    """Decode the phase's rows into `cfg.data.cache`, unless a complete cache of the same rows is there
+    (one made from other or older annotation files is written again)."""
+    manifest = os.path.join(cfg.data.cache, MANIFEST)
+    if os.path.exists(manifest):
+        sources = sources_of(cfg)
+        with open(manifest) as f:
+            if manifest_mismatch(json.load(f), [s.path for s in sources], source_digests(cfg, sources)) is None:
+                return
+        shutil.rmtree(cfg.data.cache)
     # float32: the cached frames and fbank are exactly what decoding would give.
     write_cache(sources_of(cfg), sample_spec(cfg, cfg.model.resolve()), cfg.data.cache, dtype="float32",
                 read_threads=cfg.data.read_threads)

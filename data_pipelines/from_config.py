@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from data_pipelines.pipeline import Source, TrainData
+from data_pipelines.pipeline import Source, TrainData, annotation_path
 from data_pipelines.records import check_manifest
 from data_pipelines.samples import SampleSpec
 from vllama_jax.config import VideoLLaMA2Config
+from vllama_jax.evaluation.reproducibility import sha256_file
 
 
 def sources_of(cfg) -> List[Source]:
@@ -52,12 +53,18 @@ def make_synthetic_data(cfg, model: VideoLLaMA2Config, process_index: int = 0) -
                      process_index=process_index)
 
 
+def source_digests(cfg, sources: List[Source]) -> List[Optional[str]]:
+    """sha256 of each annotation file, None for one this host does not have (it may train from the cache alone)."""
+    paths = [annotation_path(cfg.data.folder, s.path) for s in sources]
+    return [sha256_file(p) if os.path.exists(p) else None for p in paths]
+
+
 def train_data(cfg, model: VideoLLaMA2Config, process_index: int = 0, process_count: int = 1) -> TrainData:
     """The run's data (generated first when the config asks for the synthetic dataset)."""
     make_synthetic_data(cfg, model, process_index)
     sources = sources_of(cfg)
     if cfg.data.cache:
-        check_manifest(cfg.data.cache, [s.path for s in sources])
+        check_manifest(cfg.data.cache, [s.path for s in sources], source_digests(cfg, sources))
     return TrainData(sources, sample_spec(cfg, model), cfg.train.global_batch_size, seed=cfg.data.seed,
                      buckets=cfg.data.length_buckets, process_index=process_index, process_count=process_count,
                      cache=cfg.data.cache, worker_count=cfg.data.worker_count, read_threads=cfg.data.read_threads,

@@ -3,7 +3,8 @@
     serialize(sample) -> bytes        one decoded sample (tokens, labels, bad flag, video / audio arrays) as npz
     deserialize(bytes) -> sample      back, frames and fbank as float32
     cache_shards(cache, i)            the ArrayRecord shards of annotation file #i: <cache>/<i:03d>/*.array_record
-    check_manifest(cache, paths)      refuses a cache made from other annotation files
+    check_manifest(cache, paths, digests)  refuses a cache made from other annotation files, or from
+                                      an earlier version of them (their contents changed since)
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import glob
 import io
 import json
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -42,12 +43,31 @@ def cache_shards(cache: str, source_index: int) -> List[str]:
     return shards
 
 
-def check_manifest(cache: str, source_paths: Sequence[str]) -> dict:
+def manifest_mismatch(manifest: dict, source_paths: Sequence[str],
+                      digests: Optional[Sequence[Optional[str]]] = None) -> Optional[str]:
+    """Why a cache with this manifest does not hold the rows of `source_paths` (None when it does).
+    `digests[i]` (the file's sha256; None: not known here) must equal the one recorded when the cache was
+    written: same paths, other contents would otherwise train on stale samples."""
+    if list(manifest["sources"]) != list(source_paths):
+        return f"it was made from {manifest['sources']}, the config names {list(source_paths)}"
+    recorded = manifest.get("sha256")
+    for i, digest in enumerate(digests or ()):
+        if digest is None:
+            continue
+        if recorded is None:
+            return "its manifest records no digests of the annotation files (written by an earlier version)"
+        if recorded[i] != digest:
+            return f"{source_paths[i]} has changed since it was written (sha256 {recorded[i][:12]}... -> {digest[:12]}...)"
+    return None
+
+
+def check_manifest(cache: str, source_paths: Sequence[str], digests: Optional[Sequence[Optional[str]]] = None) -> dict:
     path = os.path.join(cache, MANIFEST)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: not a cache written by `vllama-jax cache`")
     with open(path) as f:
         manifest = json.load(f)
-    if list(manifest["sources"]) != list(source_paths):
-        raise ValueError(f"cache {cache} was made from {manifest['sources']}, the config names {list(source_paths)}")
+    why = manifest_mismatch(manifest, source_paths, digests)
+    if why:
+        raise ValueError(f"cache {cache} does not match the config: {why}; write it again with `vllama-jax cache`")
     return manifest

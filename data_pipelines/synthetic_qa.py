@@ -12,7 +12,8 @@ writes into `folder` (atomically: built under a temporary name, then renamed):
     test.jsonl     held-out questions, one a line: {"id", "video", "question", "answer", "kind", "options",
                    "chance", "template", "letter", "av": true}; `answer` is a word (multiple choice
                    too: the option's words; `letter` is its letter, or null for a short question)
-    DONE           {"num_train", "num_test", "seed"}: the folder is complete
+    DONE           the arguments and the generator's FORMAT: the folder is complete (a folder made with
+                   other arguments, or by an earlier generator, is made again)
 
 Question kinds, each answered by a different part of the model:
 
@@ -50,6 +51,9 @@ MC_SHARE = 0.4  # of the questions asked as multiple choice
 # (the phase configs' length buckets; the decoder's cost grows with them).
 MAX_VIDEO_TURNS, MAX_AUDIO_TURNS, MAX_AV_TURNS = 4, 3, 5
 DONE = "DONE"
+# The generator's version, recorded in DONE: raise it whenever a seed's clips, rows or held-out
+# questions change, so that a folder written by the earlier generator is made again. 2: `pick`'s rule.
+FORMAT = 2
 WRITE_THREADS = 4  # at most; one per core
 
 
@@ -258,12 +262,13 @@ def make_qa_dataset(folder: str, num_train: int = 600, num_test: int = 60, num_a
     `num_audio`: how many of the training clips also get a row in audio.json (the audio phase is short;
     decoding a sound track is the dearest part of a sample). `per_kind`: held-out questions per kind."""
     done = os.path.join(folder, DONE)
-    want = {"num_train": num_train, "num_test": num_test, "num_audio": num_audio, "seed": seed, "per_kind": per_kind}
+    want = {"num_train": num_train, "num_test": num_test, "num_audio": num_audio, "seed": seed, "per_kind": per_kind,
+            "format": FORMAT}
     if os.path.exists(done):
         with open(done) as f:
             if json.load(f) == want:
                 return folder
-        shutil.rmtree(folder)  # made with other arguments: replace it
+        shutil.rmtree(folder)  # made with other arguments or by an earlier generator: replace it
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(folder), dir=parent)

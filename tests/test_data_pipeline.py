@@ -3,6 +3,7 @@
 Runs on a tiny generated dataset of real media (data_pipelines/synthetic.py) with the fixture
 tokenizer and tiny CLIP pre-processing; no model is involved.
 """
+import dataclasses
 import json
 import logging
 
@@ -129,6 +130,27 @@ def test_iterator_state_resumes_at_the_same_batch(data_dir, spec):
     for got in (next(restored), next(data.iterator(start=2))):
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_a_cache_of_an_edited_annotation_file_is_refused(data_dir, spec, tmp_path):
+    """Same path, other rows: training from the cache would read the old samples."""
+    import shutil
+    from data_pipelines.cache import write_cache
+    from data_pipelines.records import check_manifest
+    from vllama_jax.evaluation.reproducibility import sha256_file
+
+    folder = tmp_path / "data"
+    shutil.copytree(data_dir, folder)
+    cache, path = str(tmp_path / "cache"), folder / "train.json"
+    write_cache([Source("train.json")], dataclasses.replace(spec, data_folder=str(folder)), cache, dtype="float32")
+    check_manifest(cache, ["train.json"], [sha256_file(str(path))])  # unchanged
+    check_manifest(cache, ["train.json"], [None])  # a host without the file trains from the cache alone
+    rows = json.loads(path.read_text())
+    path.write_text(json.dumps(rows[:-1]))
+    with pytest.raises(ValueError, match=r"train.json has changed since it was written"):
+        check_manifest(cache, ["train.json"], [sha256_file(str(path))])
+    with pytest.raises(ValueError, match=r"made from \['train.json'\], the config names \['av.json'\]"):
+        check_manifest(cache, ["av.json"])
 
 
 def test_array_record_cache_gives_the_decoded_batches(data_dir, spec, tmp_path):

@@ -313,6 +313,10 @@ def test_quick_demo_writes_every_result(tmp_path):
     assert all((out / "runs" / v / "init" / "config.json").is_file() for v in ("stc", "mean_pool"))
     assert "calibrate_s" in r["timings"]["stc"]
     assert r["settings"]["steps"] == {"demo_video": 2, "demo_audio": 2, "demo_av": 4}
+    with open(out / "runs" / "inputs.json") as f:  # what a rerun into this folder compares (reset_stale_runs)
+        inputs = json.load(f)
+    assert inputs["settings"]["steps"] == r["settings"]["steps"] and inputs["seed"] == 0
+    assert set(inputs["annotations"]) == {"video.json", "audio.json", "av.json"}
     with open(out / "runs" / "stc" / "demo_av" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f][-1] == 4
     # The checkpoint is in the release layout and loads back.
@@ -332,3 +336,45 @@ def test_quick_demo_writes_every_result(tmp_path):
                            "overrides": ["train.global_batch_size=8"]}
     with open(sweep / "tiny" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f][-1] == 2
+
+
+def test_a_folder_from_an_earlier_generator_is_made_again(tmp_path):
+    folder = str(tmp_path / "data")
+    qa.make_qa_dataset(folder, num_train=2, num_test=1, num_audio=1, progress=False)
+    done = os.path.join(folder, qa.DONE)
+    with open(done) as f:
+        stamp = json.load(f)
+    assert stamp["format"] == qa.FORMAT
+    with open(done, "w") as f:
+        json.dump(dict(stamp, format=qa.FORMAT - 1), f)
+    open(os.path.join(folder, "stale"), "w").close()
+    qa.make_qa_dataset(folder, num_train=2, num_test=1, num_audio=1, progress=False)
+    assert not os.path.exists(os.path.join(folder, "stale"))
+    with open(done) as f:
+        assert json.load(f) == stamp
+
+
+def test_runs_trained_from_other_inputs_are_trained_again(tmp_path):
+    from vllama_jax.demo.run import reset_stale_runs
+
+    out = str(tmp_path)
+    trained = os.path.join(out, "runs", "stc", "demo_video", "step")
+    exported = os.path.join(out, "checkpoints", "stc", "config.json")
+
+    def finished():
+        for path in (trained, exported):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "w").close()
+
+    inputs = {"settings": {"steps": {}}, "seed": 0, "annotations": {"video.json": "ab12"}}
+    finished()
+    reset_stale_runs(out, inputs)  # runs without a record of their inputs: an earlier version's
+    assert not os.path.exists(trained) and not os.path.exists(exported)
+    finished()
+    reset_stale_runs(out, json.loads(json.dumps(inputs)))  # the same inputs: kept for the rerun
+    assert os.path.exists(trained) and os.path.exists(exported)
+    reset_stale_runs(out, dict(inputs, annotations={"video.json": "cd34"}))  # other rows
+    assert not os.path.exists(trained) and not os.path.exists(exported)
+    finished()
+    reset_stale_runs(out, dict(inputs, annotations={"video.json": "cd34"}, settings={"steps": {"demo_av": 400}}))
+    assert not os.path.exists(trained)

@@ -68,6 +68,34 @@ def _path(flat: dict, path: Tuple[str, ...]) -> np.ndarray:
     return np.asarray(flat[path], np.float64)
 
 
+class _Moments:
+    """Per-channel running mean and standard deviation, in float64, of arrays (..., C)."""
+
+    def __init__(self):
+        self.sum, self.sum2, self.n = 0.0, 0.0, 0
+
+    def add(self, x) -> None:
+        x = np.asarray(x, np.float64)
+        x = x.reshape(-1, x.shape[-1])
+        self.sum, self.sum2, self.n = self.sum + x.sum(0), self.sum2 + (x * x).sum(0), self.n + x.shape[0]
+
+    def mean(self) -> np.ndarray:
+        return self.sum / self.n
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.sum2 / self.n - self.mean() ** 2, 0.0))
+
+
+def _rows_with(batch: Dict[str, np.ndarray], kind: str):
+    """batch[kind] ("video" / "audio") of the rows whose `has_<kind>` flag is set (every row when the batch
+    has no flags), or None when there are none."""
+    x = batch.get(kind)
+    if x is None:
+        return None
+    keep = np.asarray(batch.get(f"has_{kind}", np.ones(len(x), bool)), bool)
+    return x[keep] if keep.any() else None
+
+
 def tower_stats(model, params, batches: Iterable[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     """Per-channel mean of the vision features and mean / std of BEATs' over the clips of `batches`
     (audio only of the rows whose `has_audio` is set)."""
@@ -75,28 +103,19 @@ def tower_stats(model, params, batches: Iterable[Dict[str, np.ndarray]]) -> Dict
     vision = jax.jit(lambda p, v: model.apply({"params": p}, v.reshape((-1,) + v.shape[2:]),
                                               method=lambda m, x: m.vision.features(x)))
     audio = jax.jit(lambda p, a: model.apply({"params": p}, a, method=lambda m, x: m.audio(x)))
-    sums = {"v": 0.0, "v_n": 0, "a": 0.0, "a2": 0.0, "a_n": 0}
+    v, a = _Moments(), _Moments()
     for batch in batches:
-        if cfg.vision is not None and batch.get("video") is not None:
-            keep = np.asarray(batch.get("has_video", np.ones(len(batch["video"]), bool)), bool)
-            if keep.any():
-                f = np.asarray(vision(params, batch["video"][keep]), np.float64)
-                sums["v"] = sums["v"] + f.reshape(-1, f.shape[-1]).sum(0)
-                sums["v_n"] += f.shape[0] * f.shape[1]
-        if cfg.audio is not None and batch.get("audio") is not None:
-            keep = np.asarray(batch.get("has_audio", np.ones(len(batch["audio"]), bool)), bool)
-            if keep.any():
-                f = np.asarray(audio(params, batch["audio"][keep]), np.float64).reshape(-1, cfg.audio.encoder_embed_dim)
-                sums["a"] = sums["a"] + f.sum(0)
-                sums["a2"] = sums["a2"] + (f * f).sum(0)
-                sums["a_n"] += f.shape[0]
+        video_rows = _rows_with(batch, "video") if cfg.vision is not None else None
+        if video_rows is not None:
+            v.add(vision(params, video_rows))
+        audio_rows = _rows_with(batch, "audio") if cfg.audio is not None else None
+        if audio_rows is not None:
+            a.add(audio(params, audio_rows))
     stats = {}
-    if sums["v_n"]:
-        stats["vision_mean"] = sums["v"] / sums["v_n"]
-    if sums["a_n"]:
-        mean = sums["a"] / sums["a_n"]
-        stats["audio_mean"] = mean
-        stats["audio_std"] = np.sqrt(np.maximum(sums["a2"] / sums["a_n"] - mean * mean, 0.0))
+    if v.n:
+        stats["vision_mean"] = v.mean()
+    if a.n:
+        stats["audio_mean"], stats["audio_std"] = a.mean(), a.std()
     return stats
 
 
@@ -157,18 +176,14 @@ def connector_input_stats(model, params, batches: Iterable[Dict[str, np.ndarray]
         return seen["x"]
 
     run = jax.jit(run)
-    total, total2, n = 0.0, 0.0, 0
+    moments = _Moments()
     for batch in batches:
-        keep = np.asarray(batch.get("has_video", np.ones(len(batch["video"]), bool)), bool)
-        if not keep.any():
-            continue
-        x = np.asarray(run(params, batch["video"][keep]), np.float64)
-        x = x.reshape(-1, x.shape[-1])
-        total, total2, n = total + x.sum(0), total2 + (x * x).sum(0), n + x.shape[0]
-    if not n:
+        video_rows = _rows_with(batch, "video")
+        if video_rows is not None:
+            moments.add(run(params, video_rows))
+    if not moments.n:
         raise ValueError("no video rows to standardise the connector on")
-    mean = total / n
-    return {"mean": mean, "std": np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))}
+    return {"mean": moments.mean(), "std": moments.std()}
 
 
 def standardise_connector(model, params, batches: Iterable[Dict[str, np.ndarray]], eps: float = 1e-6):

@@ -17,7 +17,10 @@ standard error}, "baseline_mean_pool": {kind: accuracy, "overall"}, "baseline_me
 "stc_minus_mean_pool": {kind or "overall": {"difference", "stderr", "questions"}} (paired, same questions),
 "chance_by_kind", "counts", "by_template", "by_format" (short / multiple_choice: accuracy, stderr, chance,
 questions), "by_template_format" (all three for both variants), "examples": [...], "timings": {...}, "settings",
-"checkpoints"}. The accuracies are measured on this run; nothing is looked up. Rerunning into the same folder reuses the data, caches and finished phases.
+"checkpoints"}. The accuracies are measured on this run; nothing is looked up. Rerunning into the same
+folder reuses the data, caches and finished phases, as long as they were made from the same inputs:
+data written by an earlier generator is written again (synthetic_qa.FORMAT), a cache of older rows
+decoded again, and runs trained on other data or settings (runs/inputs.json) trained again.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from vllama_jax.demo.evaluate import (answer_questions, by_format, by_template, 
 from vllama_jax.demo.recipe import (PHASES, VARIANTS, DemoData, build_caches, calibrated_init, export_run,
                                    phase_configs, train_variant)
 from vllama_jax.demo.tokenizer import word_tokenizer
+from vllama_jax.evaluation.reproducibility import sha256_file
 from vllama_jax.inference import enable_compilation_cache
 
 log = logging.getLogger(__name__)
@@ -112,6 +116,31 @@ def prepare(out: str, data: DemoData, settings: Settings, seed: int, progress: b
     return folder
 
 
+def run_inputs(cfgs, settings: Settings, seed: int) -> dict:
+    """What the trained runs depend on: the settings that shape training and the phases' annotation files."""
+    files = {a.path: sha256_file(os.path.join(c.data.folder, a.path)) for c in cfgs for a in c.data.annotations}
+    train = {k: v for k, v in dataclasses.asdict(settings).items() if k != "answer_batch"}
+    return {"settings": train, "seed": seed, "annotations": files}
+
+
+def reset_stale_runs(out: str, inputs: dict) -> None:
+    """Keep the runs under `out` (a rerun skips their finished phases) only if they were trained from
+    `inputs`; otherwise remove them and the checkpoints exported from them, and record `inputs`."""
+    runs, stamp = os.path.join(out, "runs"), os.path.join(out, "runs", "inputs.json")
+    before = None
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            before = json.load(f)
+    if before != inputs and os.path.isdir(runs):
+        log.info("%s was trained from other data or settings: training again", runs)
+        shutil.rmtree(runs)
+        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+    os.makedirs(runs, exist_ok=True)
+    with open(stamp + ".tmp", "w") as f:
+        json.dump(inputs, f, indent=1)
+    os.replace(stamp + ".tmp", stamp)
+
+
 def _examples(rows, per_kind: int = 1):
     """The first question of each kind (a fixed choice, right or wrong)."""
     seen: Dict[str, int] = {}
@@ -151,6 +180,7 @@ def run_demo(out: str, data_side: DemoData, quick: bool = False, seed: int = 0,
     t = time.perf_counter()
     cfgs = {v: phase_configs(out, v, settings.steps, settings.batch_size, progress_bar=progress,
                              fast_compile=settings.fast_compile) for v in variants}
+    reset_stale_runs(out, run_inputs(cfgs[variants[0]], settings, seed))
     build_caches(cfgs[variants[0]], data_side)  # every variant reads the same rows the same way
     timings["cache_s"] = time.perf_counter() - t
     bar.update()

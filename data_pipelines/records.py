@@ -11,12 +11,15 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 from typing import List, Optional, Sequence
 
 import numpy as np
 
 MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 def serialize(sample: dict, dtype=np.float16) -> bytes:
@@ -51,12 +54,10 @@ def manifest_mismatch(manifest: dict, source_paths: Sequence[str],
     if list(manifest["sources"]) != list(source_paths):
         return f"it was made from {manifest['sources']}, the config names {list(source_paths)}"
     recorded = manifest.get("sha256")
+    if recorded is None:  # written before manifests kept digests: cannot tell (check_manifest warns)
+        return None
     for i, digest in enumerate(digests or ()):
-        if digest is None:
-            continue
-        if recorded is None:
-            return "its manifest records no digests of the annotation files (written by an earlier version)"
-        if recorded[i] != digest:
+        if digest is not None and recorded[i] != digest:
             return f"{source_paths[i]} has changed since it was written (sha256 {recorded[i][:12]}... -> {digest[:12]}...)"
     return None
 
@@ -67,6 +68,9 @@ def check_manifest(cache: str, source_paths: Sequence[str], digests: Optional[Se
         raise FileNotFoundError(f"{path} does not exist: not a cache written by `vllama-jax cache`")
     with open(path) as f:
         manifest = json.load(f)
+    if "sha256" not in manifest:
+        log.warning("cache %s was written by an earlier version, which kept no sha256 of the annotation files: "
+                    "not checked against their contents (write it again to have them checked)", cache)
     why = manifest_mismatch(manifest, source_paths, digests)
     if why:
         raise ValueError(f"cache {cache} does not match the config: {why}; write it again with `vllama-jax cache`")

@@ -378,3 +378,28 @@ def test_runs_trained_from_other_inputs_are_trained_again(tmp_path):
     finished()
     reset_stale_runs(out, dict(inputs, annotations={"video.json": "cd34"}, settings={"steps": {"demo_av": 400}}))
     assert not os.path.exists(trained)
+
+
+def test_a_phase_cache_of_older_rows_is_decoded_again(tmp_path):
+    from data_pipelines.demo_data import DEMO_DATA
+    from vllama_jax.demo.recipe import phase_configs
+    from vllama_jax.demo.run import Settings, prepare
+    from vllama_jax.evaluation.reproducibility import sha256_file
+
+    out = str(tmp_path)
+    prepare(out, DEMO_DATA, Settings(num_train=4, num_test=1, num_audio=1, per_kind=1, steps={}), seed=0, progress=False)
+    cfg = phase_configs(out, "stc")[0]  # demo_video: video.json
+    DEMO_DATA.write_phase_cache(cfg)
+    manifest = os.path.join(cfg.data.cache, "manifest.json")
+    stamp = os.stat(manifest).st_mtime_ns
+    DEMO_DATA.write_phase_cache(cfg)  # the same rows: kept
+    assert os.stat(manifest).st_mtime_ns == stamp
+    annotations = os.path.join(out, "data", "video.json")
+    with open(annotations) as f:
+        rows = json.load(f)
+    with open(annotations, "w") as f:
+        json.dump(rows[:-1], f)
+    DEMO_DATA.write_phase_cache(cfg)  # other rows under the same name: decoded again
+    with open(manifest) as f:
+        made = json.load(f)
+    assert made["sha256"] == [sha256_file(annotations)] and made["counts"][0]["rows"] == len(rows) - 1

@@ -127,6 +127,34 @@ def test_batched_answers_equal_one_by_one(video_model, media):
     assert [r["answer"] for r in sorted(together, key=key)] == [r["answer"] for r in sorted(alone, key=key)]
 
 
+def test_a_file_asked_about_again_is_decoded_once(video_model, av_model, media):
+    """With a media cache each file is decoded once however its questions interleave with others' (the rows
+    are taken in chunks of the files the cache holds: here one), and the answers are the uncached ones."""
+    from vllama_jax.answering import media_bytes
+    from vllama_jax.preprocess.media_cache import MediaCache
+
+    rows = [{"id": i, "question": q, "video": media[f]} for i, (q, f) in enumerate(
+        [("What moves?", "tone"), ("What moves?", "silent"), ("What colour is it?", "tone"),
+         ("What colour is it?", "silent"), ("Is it big?", "tone"), ("And this?", "corrupt")])]
+    plain, cached = [], []
+    answer_rows(video_model, rows, batch_size=2, max_new_tokens=3, on_result=plain.append)
+    cache = MediaCache(media_bytes(video_model))  # room for one file's frames
+    answer_rows(video_model, rows, batch_size=2, max_new_tokens=3, on_result=cached.append, media_cache=cache)
+    key = lambda r: r["id"]
+    assert sorted(cached, key=key) == sorted(plain, key=key)
+    assert "corrupt.mp4" in sorted(cached, key=key)[-1]["error"]
+    assert cache.stats()["misses"] == 3 and cache.stats()["hits"] == 3  # tone, silent, corrupt (not kept)
+
+    # Audio-visual rows: the frames and the sound track are kept apart, each read once.
+    av_rows = [{"id": i, "question": q, "video": media["tone"], "av": True} for i, q in enumerate(["Hi?", "Why?"])]
+    plain, cached = [], []
+    answer_rows(av_model, av_rows, batch_size=1, max_new_tokens=2, on_result=plain.append)
+    cache = MediaCache(1 << 28)
+    answer_rows(av_model, av_rows, batch_size=1, max_new_tokens=2, on_result=cached.append, media_cache=cache)
+    assert sorted(cached, key=key) == sorted(plain, key=key)
+    assert cache.stats()["misses"] == 2 and cache.stats()["hits"] == 2
+
+
 def test_chat_command_streams(media):
     r = subprocess.run([sys.executable, "-m", "vllama_jax", "chat", "--model", str(FIXTURES / "v_mistral_clip_stc"),
                         "--video", media["silent"], "--max-new-tokens", "3", "What happens?"],

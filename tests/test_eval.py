@@ -87,7 +87,7 @@ SCRIPTED = {"q1": "(A) red", "q2": "it is blue", "q3": "no idea", "q4": "(D) dow
 
 
 def test_scores_of_known_answers(bench, tmp_path, monkeypatch):
-    def scripted(model, rows, batch_size, max_new_tokens, temperature, on_result, progress):
+    def scripted(model, rows, batch_size, max_new_tokens, temperature, on_result, progress, media_cache=None):
         for row in rows:
             if row["id"] == "q5":
                 on_result({"id": row["id"], "question": row["question"], "error": "FileNotFoundError: missing.mp4"})

@@ -175,7 +175,7 @@ def test_engine_in_split_layout_answers_as_model_chat(vmodel, root):
 
 
 def test_media_cache_lru_bytes_and_read_only():
-    from vllama_jax.serve.media_cache import MediaCache
+    from vllama_jax.preprocess.media_cache import MediaCache
 
     cache, loads = MediaCache(max_bytes=3 * 400), []
 

@@ -2,7 +2,8 @@
 
 Each input line: {"id": ..., "question": "...", "video"|"image"|"audio": path, optional "start", "end",
 "av": true}. Questions are grouped into batches of the same media kind and similar prompt length (one
-compiled program per bucket; vllama_jax/answering.py). Resumable: ids already in the output are skipped. A
+compiled program per bucket; vllama_jax/answering.py); a file asked about several times is decoded once
+(`--media-cache-mb`, default 1024; 0 turns it off). Resumable: ids already in the output are skipped. A
 file that cannot be read gives an error row ({"id", "error"}), never a crash. Output rows: {"id", "question",
 "answer"}.
 """
@@ -22,10 +23,12 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--media-cache-mb", type=float, default=1024,
+                   help="decoded media kept for a file's other questions (0: decode for every question)")
 
 
 def main(args) -> int:
-    from vllama_jax.answering import answer_rows, done_ids, read_questions
+    from vllama_jax.answering import answer_rows, done_ids, media_cache, read_questions
 
     logging.basicConfig(level=logging.INFO)
     rows = read_questions(args.input)
@@ -39,5 +42,6 @@ def main(args) -> int:
         def write(result):
             f.write(json.dumps(result) + "\n")
             f.flush()
-        answer_rows(model, todo, args.batch_size, args.max_new_tokens, args.temperature, on_result=write)
+        answer_rows(model, todo, args.batch_size, args.max_new_tokens, args.temperature, on_result=write,
+                    media_cache=media_cache(args.media_cache_mb))
     return 0

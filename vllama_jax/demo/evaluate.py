@@ -37,14 +37,15 @@ def is_correct(answer, question: dict) -> bool:
 
 
 def answer_questions(model, questions: Sequence[dict], data_folder: str, batch_size: int = 16,
-                     max_new_tokens: int = 4) -> List[dict]:
+                     max_new_tokens: int = 4, media_cache=None) -> List[dict]:
     """Each question with `expected` (the right answer), the model's `answer` (or `error`) and `correct`,
-    in the input order."""
+    in the input order. `media_cache` (a MediaCache): the clips' decoded media, kept for the clip's other
+    questions and for the other variant's model (both pre-process clips alike)."""
     inputs = [{"id": q["id"], "question": q["question"], "video": os.path.join(data_folder, q["video"]), "av": True}
               for q in questions]
     got: Dict[int, dict] = {}
     answer_rows(model, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                on_result=lambda r: got.update({r["id"]: r}))
+                on_result=lambda r: got.update({r["id"]: r}), media_cache=media_cache)
     rows = []
     for q in questions:
         r = got.get(q["id"], {"error": "not answered"})

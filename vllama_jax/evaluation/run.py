@@ -99,7 +99,7 @@ def generate_predictions(model, items, instructions, out_path, setup: "EvalSetup
             bar.update(1)
 
         answering.answer_rows(model, rows, setup.batch_size, setup.max_new_tokens, 0.0, on_result=write,
-                              progress=False)
+                              progress=False, media_cache=answering.media_cache(answering.DEFAULT_MEDIA_CACHE_MB))
 
 
 def matmul_precision(dtype: str) -> str:

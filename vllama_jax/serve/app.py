@@ -26,7 +26,7 @@ from typing import Optional
 from vllama_jax.serve.engine import Engine
 from vllama_jax.serve.errors import RequestError, error_body
 from vllama_jax.serve.media import MediaRoot
-from vllama_jax.serve.media_cache import MediaCache
+from vllama_jax.preprocess.media_cache import MediaCache
 from vllama_jax.serve.openai_schema import ModelInfo, chunk, completion, new_id, parse_request, usage
 from vllama_jax.serve.prompt import prepare
 

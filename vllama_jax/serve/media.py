@@ -25,6 +25,7 @@ import urllib.parse
 from typing import Optional
 
 from vllama_jax.preprocess.audio import audio_features
+from vllama_jax.preprocess.media_cache import file_identity
 from vllama_jax.preprocess.processor import Processor
 from vllama_jax.serve.errors import RequestError
 
@@ -146,9 +147,7 @@ def cache_key(ref: MediaRef, root: MediaRoot, num_frames: Optional[int]) -> Opti
     if scheme == "data":
         return (ref.kind, num_frames, "data", hashlib.sha256(ref.url.encode()).hexdigest())
     if scheme == "file":
-        real = root.file_path(ref.url, ref.param)
-        st = os.stat(real)
-        return (ref.kind, num_frames, "file", real, st.st_size, st.st_mtime_ns, st.st_ino)
+        return (ref.kind, num_frames, "file") + file_identity(root.file_path(ref.url, ref.param))
     return None
 
 

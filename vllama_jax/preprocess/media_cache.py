@@ -1,17 +1,18 @@
-"""The server's cache of pre-processed media: a file asked about again is not decoded again.
+"""A cache of pre-processed media: a file asked about again is not decoded again.
 
     cache = MediaCache(max_bytes=1 << 30)
     frames = cache.get_or_load(key, lambda: processor.video(path))   # (T, 3, H, W), read-only
     cache.stats()   # {"entries", "bytes", "max_bytes", "hits", "misses"}
 
-Evaluation harnesses and chat front ends ask several questions about one video; each request would
-otherwise decode it again (tens of ms of CPU for a short clip, the dearest part of a request to a small
-model). vLLM keeps the same kind of cache of processed multimodal inputs.
+Evaluation sets and chat front ends ask several questions about one video (ActivityNet-QA about ten,
+Video-MME three); each would otherwise decode it again (tens of ms of CPU for a short clip, the dearest
+part of a question to a small model). vLLM keeps the same kind of cache of processed multimodal inputs.
+Used by the server (serve/media.py) and by batch answering (answering.py: `answer`, `eval`, the demo).
 
-A key names the content and how it was processed, never just a URL: a `file://` path is keyed by its
-real path, size, modification time and inode (a file rewritten in place is decoded again), a `data:`
-URL or `input_audio` payload by the SHA-256 of its bytes; both with the kind (video, image, audio) and
-the frame count asked for (media.py builds the keys). Least recently used entries are dropped once the
+A key names the content and how it was processed, never just a path: a file is keyed by
+`file_identity` (real path, size, modification time, inode: a file rewritten in place is decoded
+again), a `data:` URL or `input_audio` payload by the SHA-256 of its bytes; both with the kind (video,
+image, audio) and the pre-processing (frame count, or the processor's settings). Least recently used entries are dropped once the
 arrays' bytes pass `max_bytes`; an array larger than the whole cache is returned without being kept.
 Arrays are returned read-only, so one request cannot change what the next one reads.
 
@@ -21,10 +22,18 @@ key at the same time both decode it (the second result replaces the first; they 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import Callable, Hashable
 
 import numpy as np
+
+
+def file_identity(path: str) -> tuple:
+    """(real path, size, modification time in ns, inode): what names a file's content in a cache key."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return (real, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 class MediaCache:

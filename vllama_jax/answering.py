@@ -29,11 +29,6 @@ from vllama_jax.preprocess.media_cache import MediaCache, file_identity
 FBANK_BYTES = 2998 * 128 * 4  # one 30 s window of float32 fbank (preprocess/audio.py)
 DEFAULT_MEDIA_CACHE_MB = 1024  # `answer` and `eval`: what a file's questions share (0: no cache)
 
-
-def media_cache(megabytes: float) -> Optional[MediaCache]:
-    """A MediaCache of `megabytes` (None for 0: every row decodes its media)."""
-    return MediaCache(int(megabytes * 2 ** 20)) if megabytes > 0 else None
-
 log = logging.getLogger(__name__)
 
 

@@ -28,7 +28,8 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    from vllama_jax.answering import answer_rows, done_ids, media_cache, read_questions
+    from vllama_jax.answering import answer_rows, done_ids, read_questions
+    from vllama_jax.preprocess.media_cache import media_cache
 
     logging.basicConfig(level=logging.INFO)
     rows = read_questions(args.input)

@@ -35,7 +35,7 @@ from typing import Dict, Optional, Sequence
 from tqdm import tqdm
 
 import vllama_jax
-from vllama_jax.answering import DEFAULT_MEDIA_CACHE_MB, media_cache
+from vllama_jax.answering import DEFAULT_MEDIA_CACHE_MB
 from vllama_jax.checkpoints.export import processor_config
 from vllama_jax.config import preset
 from vllama_jax.demo import report
@@ -46,6 +46,7 @@ from vllama_jax.demo.recipe import (PHASES, VARIANTS, DemoData, build_caches, ca
 from vllama_jax.demo.tokenizer import word_tokenizer
 from vllama_jax.evaluation.reproducibility import sha256_file
 from vllama_jax.inference import enable_compilation_cache
+from vllama_jax.preprocess.media_cache import media_cache
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from vllama_jax.evaluation import prompts, reproducibility, scoring
 from vllama_jax.evaluation.datasets import read_benchmark
 from vllama_jax.loading import load_tokenizer, load_videollama2_config
 from vllama_jax.preprocess.conversation import build_prompt
+from vllama_jax.preprocess.media_cache import media_cache
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def generate_predictions(model, items, instructions, out_path, setup: "EvalSetup
             bar.update(1)
 
         answering.answer_rows(model, rows, setup.batch_size, setup.max_new_tokens, 0.0, on_result=write,
-                              progress=False, media_cache=answering.media_cache(answering.DEFAULT_MEDIA_CACHE_MB))
+                              progress=False, media_cache=media_cache(answering.DEFAULT_MEDIA_CACHE_MB))
 
 
 def matmul_precision(dtype: str) -> str:

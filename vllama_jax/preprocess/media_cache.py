@@ -1,6 +1,6 @@
 """A cache of pre-processed media: a file asked about again is not decoded again.
 
-    cache = MediaCache(max_bytes=1 << 30)
+    cache = MediaCache(max_bytes=1 << 30)            # or media_cache(megabytes): None for 0 (no cache)
     frames = cache.get_or_load(key, lambda: processor.video(path))   # (T, 3, H, W), read-only
     cache.stats()   # {"entries", "bytes", "max_bytes", "hits", "misses"}
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Optional
 
 import numpy as np
 
@@ -71,3 +71,8 @@ class MediaCache:
         with self._lock:
             return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
                     "hits": self.hits, "misses": self.misses}
+
+
+def media_cache(megabytes: float) -> Optional[MediaCache]:
+    """A MediaCache of `megabytes` (the `--media-cache-mb` flags), or None for 0: decode every time."""
+    return MediaCache(int(megabytes * 2 ** 20)) if megabytes > 0 else None

@@ -23,10 +23,10 @@ import threading
 import time
 from typing import Optional
 
+from vllama_jax.preprocess.media_cache import media_cache
 from vllama_jax.serve.engine import Engine
 from vllama_jax.serve.errors import RequestError, error_body
 from vllama_jax.serve.media import MediaRoot
-from vllama_jax.preprocess.media_cache import MediaCache
 from vllama_jax.serve.openai_schema import ModelInfo, chunk, completion, new_id, parse_request, usage
 from vllama_jax.serve.prompt import prepare
 
@@ -50,7 +50,7 @@ class Server:
                              decode_steps=decode_steps)
         self.root = MediaRoot(media_root)
         # Decoded media kept for later requests about the same file (0: decode every request).
-        self.media_cache = MediaCache(int(media_cache_mb * 2 ** 20)) if media_cache_mb > 0 else None
+        self.media_cache = media_cache(media_cache_mb)
         self.api_key = api_key
         self.max_body = max_body
         name = name or os.path.basename(os.path.normpath(model.path or "videollama2"))

@@ -317,6 +317,7 @@ def test_quick_demo_writes_every_result(tmp_path):
         inputs = json.load(f)
     assert inputs["settings"]["steps"] == r["settings"]["steps"] and inputs["seed"] == 0
     assert set(inputs["annotations"]) == {"video.json", "audio.json", "av.json"}
+    assert len(inputs["code"]) == 64  # the sources' digest: a rerun after a code update trains again
     with open(out / "runs" / "stc" / "demo_av" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f][-1] == 4
     # The checkpoint is in the release layout and loads back.
@@ -366,7 +367,7 @@ def test_runs_trained_from_other_inputs_are_trained_again(tmp_path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "w").close()
 
-    inputs = {"settings": {"steps": {}}, "seed": 0, "annotations": {"video.json": "ab12"}}
+    inputs = {"settings": {"steps": {}}, "seed": 0, "annotations": {"video.json": "ab12"}, "code": "c0de"}
     finished()
     reset_stale_runs(out, inputs)  # runs without a record of their inputs: an earlier version's
     assert not os.path.exists(trained) and not os.path.exists(exported)
@@ -378,6 +379,33 @@ def test_runs_trained_from_other_inputs_are_trained_again(tmp_path):
     finished()
     reset_stale_runs(out, dict(inputs, annotations={"video.json": "cd34"}, settings={"steps": {"demo_av": 400}}))
     assert not os.path.exists(trained)
+    finished()
+    reset_stale_runs(out, dict(inputs, annotations={"video.json": "cd34"}, settings={"steps": {"demo_av": 400}},
+                               code="c0de2"))  # the same data and settings, other code
+    assert not os.path.exists(trained) and not os.path.exists(exported)
+
+
+def test_the_code_digest_names_the_sources_a_run_was_trained_with(tmp_path):
+    from data_pipelines.demo_data import DEMO_DATA
+    from vllama_jax.demo.run import code_digest
+    from vllama_jax.evaluation.reproducibility import source_digest
+
+    assert code_digest(DEMO_DATA) == code_digest(DEMO_DATA)
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.yaml").write_text("steps: 4\n")
+    (pkg / "notes.md").write_text("not code\n")
+    before = source_digest(str(pkg))
+    (pkg / "notes.md").write_text("other notes\n")  # not a source file
+    (pkg / "a.pyc").write_bytes(b"\0")
+    assert source_digest(str(pkg)) == before
+    for edit in (lambda: (pkg / "sub" / "b.yaml").write_text("steps: 5\n"),  # a config
+                 lambda: (pkg / "sub" / "c.py").write_text(""),  # a new module
+                 lambda: (pkg / "sub" / "c.py").rename(pkg / "c.py")):  # a moved one
+        edit()
+        assert source_digest(str(pkg)) != before
+        before = source_digest(str(pkg))
 
 
 def test_a_phase_cache_of_older_rows_is_decoded_again(tmp_path):

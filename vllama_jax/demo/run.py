@@ -20,15 +20,17 @@ questions), "by_template_format" (all three for both variants), "examples": [...
 "checkpoints"}. The accuracies are measured on this run; nothing is looked up. Rerunning into the same
 folder reuses the data, caches and finished phases, as long as they were made from the same inputs:
 data written by an earlier generator is written again (synthetic_qa.FORMAT), a cache of older rows
-decoded again, and runs trained on other data or settings (runs/inputs.json) trained again.
+decoded again, and runs trained on other data, settings or code (runs/inputs.json) trained again.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Dict, Optional, Sequence
 
@@ -44,9 +46,10 @@ from vllama_jax.demo.evaluate import (answer_questions, by_format, by_template, 
 from vllama_jax.demo.recipe import (PHASES, VARIANTS, DemoData, build_caches, calibrated_init, export_run,
                                    phase_configs, train_variant)
 from vllama_jax.demo.tokenizer import word_tokenizer
-from vllama_jax.evaluation.reproducibility import sha256_file
+from vllama_jax.evaluation.reproducibility import sha256_file, source_digest
 from vllama_jax.inference import enable_compilation_cache
 from vllama_jax.preprocess.media_cache import media_cache
+from vllama_jax.train.config import phase_config_path
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +121,21 @@ def prepare(out: str, data: DemoData, settings: Settings, seed: int, progress: b
     return folder
 
 
-def run_inputs(cfgs, settings: Settings, seed: int) -> dict:
-    """What the trained runs depend on: the settings that shape training and the phases' annotation files."""
+def code_digest(data: DemoData) -> str:
+    """The code a run is trained with (reproducibility.source_digest): vllama_jax, the package of the data
+    side (data_pipelines) and the phases' configs (launch/configs)."""
+    top = sys.modules[inspect.getmodule(data.make_dataset).__name__.split(".")[0]]
+    paths = {os.path.dirname(vllama_jax.__file__), os.path.dirname(phase_config_path(PHASES[0])),
+             os.path.dirname(top.__file__) if hasattr(top, "__path__") else top.__file__}
+    return source_digest(*sorted(os.path.abspath(p) for p in paths))
+
+
+def run_inputs(cfgs, settings: Settings, seed: int, code: str) -> dict:
+    """What the trained runs depend on: the settings that shape training, the phases' annotation files
+    and the code (`code_digest`: a rerun after an update trains again)."""
     files = {a.path: sha256_file(os.path.join(c.data.folder, a.path)) for c in cfgs for a in c.data.annotations}
     train = {k: v for k, v in dataclasses.asdict(settings).items() if k != "answer_batch"}
-    return {"settings": train, "seed": seed, "annotations": files}
+    return {"settings": train, "seed": seed, "annotations": files, "code": code}
 
 
 def reset_stale_runs(out: str, inputs: dict) -> None:
@@ -182,7 +195,7 @@ def run_demo(out: str, data_side: DemoData, quick: bool = False, seed: int = 0,
     t = time.perf_counter()
     cfgs = {v: phase_configs(out, v, settings.steps, settings.batch_size, progress_bar=progress,
                              fast_compile=settings.fast_compile) for v in variants}
-    reset_stale_runs(out, run_inputs(cfgs[variants[0]], settings, seed))
+    reset_stale_runs(out, run_inputs(cfgs[variants[0]], settings, seed, code_digest(data_side)))
     build_caches(cfgs[variants[0]], data_side)  # every variant reads the same rows the same way
     timings["cache_s"] = time.perf_counter() - t
     bar.update()

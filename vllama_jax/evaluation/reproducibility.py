@@ -45,6 +45,21 @@ def hash_files(path: str, suffixes=None) -> Dict[str, str]:
     return out
 
 
+# What a training run's code is: its Python, its phase configs and the C++ of the CPU kernels.
+SOURCE_SUFFIXES = (".py", ".yaml", ".cc")
+
+
+def source_digest(*paths: str) -> str:
+    """One sha256 over the source files under `paths` (folders or files; SOURCE_SUFFIXES): each file's
+    name under its folder and its bytes. It names the code a run was trained with where there is no git
+    (an installed package), and changes when any of those files does."""
+    h = hashlib.sha256()
+    for path in paths:
+        for rel, digest in hash_files(path, SOURCE_SUFFIXES).items():
+            h.update(f"{os.path.basename(os.path.normpath(path))}/{rel} {digest}\n".encode())
+    return h.hexdigest()
+
+
 def versions() -> Dict[str, str]:
     import jax
     import jaxlib

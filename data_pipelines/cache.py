@@ -27,15 +27,18 @@ from data_pipelines.samples import SampleDecoder
 from vllama_jax.evaluation.reproducibility import sha256_file
 
 def write_cache(sources, spec, out: str, *, records_per_shard: int = 1024, dtype: str = "float16",
-                worker_count: int = 0, read_threads: int = 4) -> dict:
-    """Decode every row of `sources` (pipeline.Source list) with `spec` (samples.SampleSpec) into `out`."""
+                worker_count: int = 0, read_threads: int = 4, media_cache=None) -> dict:
+    """Decode every row of `sources` (pipeline.Source list) with `spec` (samples.SampleSpec) into `out`.
+
+    `media_cache` (a MediaCache): decoded clips kept across rows and calls, so caches of several phases
+    about the same clips decode each once (without worker processes: workers keep no shared cache)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     counts = []
     for i, rows in enumerate(row_datasets(sources, spec.data_folder)):
         folder = os.path.join(out, f"{i:03d}")
         os.makedirs(folder, exist_ok=True)
-        decoded = rows.map(SampleDecoder(spec)).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
+        decoded = rows.map(SampleDecoder(spec, media_cache)).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
         if worker_count:
             decoded = decoded.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
         writer, n, bad = None, 0, 0

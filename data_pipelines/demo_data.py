@@ -21,9 +21,10 @@ from data_pipelines.synthetic_qa import KINDS, make_qa_dataset, read_test_questi
 from vllama_jax.demo.recipe import DemoData
 
 
-def write_phase_cache(cfg) -> None:
+def write_phase_cache(cfg, media_cache=None) -> None:
     """Decode the phase's rows into `cfg.data.cache`, unless a complete cache of the same rows is there
-    (one made from other or older annotation files is written again)."""
+    (one made from other or older annotation files is written again). `media_cache` (a MediaCache)
+    shares the decoded clips with the other phases' caches."""
     manifest = os.path.join(cfg.data.cache, MANIFEST)
     if os.path.exists(manifest):
         sources = sources_of(cfg)
@@ -35,7 +36,7 @@ def write_phase_cache(cfg) -> None:
         shutil.rmtree(cfg.data.cache)
     # float32: the cached frames and fbank are exactly what decoding would give.
     write_cache(sources_of(cfg), sample_spec(cfg, cfg.model.resolve()), cfg.data.cache, dtype="float32",
-                read_threads=cfg.data.read_threads)
+                read_threads=cfg.data.read_threads, media_cache=media_cache)
 
 
 DEMO_DATA = DemoData(make_dataset=make_qa_dataset, test_questions=read_test_questions, kinds=KINDS,

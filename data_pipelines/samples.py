@@ -1,6 +1,6 @@
 """One annotation row -> one training sample, and samples -> a fixed-shape batch.
 
-`SampleDecoder(spec)(row)` decodes the media with the inference pre-processing
+`SampleDecoder(spec[, media_cache])(row)` decodes the media with the inference pre-processing
 (`vllama_jax.preprocess.Processor`: the same frame sampling, resize and normalisation), applies the
 conversation template and tokenizes with the placeholder ids (`tokenize_conversation`: labels are
 -100 outside the assistant turns, the text cut to `model_max_length`). A sample:
@@ -9,6 +9,10 @@ conversation template and tokenizes with the placeholder ids (`tokenize_conversa
     labels    (n,) int32   -100 where no loss is taken
     video     (T, 3, H, W) float32 or None   (an image is repeated T times)
     audio     (2998, 128)  float32 or None   Kaldi fbank (an audio row, or a video's own track)
+
+A `media_cache` (vllama_jax/preprocess/media_cache.py) keeps the decoded frames and sound by file and
+pre-processing, so rows of several annotation files about the same clips decode each clip once (the
+demo's phase caches: its video, audio and audio-visual rows are about the same 1200 clips).
 
 A bad row (malformed JSON, missing or undecodable file, a tag without media, no assistant turn)
 never stops training: it is logged with its file and line and becomes an *empty* sample (no tokens
@@ -63,13 +67,14 @@ class SampleSpec:
 class SampleDecoder:
     """`row -> sample dict`; the tokenizer and the processor are loaded on first use in each process."""
 
-    def __init__(self, spec: SampleSpec):
+    def __init__(self, spec: SampleSpec, media_cache=None):
         self.spec = spec
+        self.media_cache = media_cache  # a MediaCache, shared by the threads of this process
         self._tokenizer = None
         self._processor = None
 
-    def __getstate__(self):  # ship the spec to workers, not the loaded tokenizer
-        return {"spec": self.spec, "_tokenizer": None, "_processor": None}
+    def __getstate__(self):  # ship the spec to workers, not the loaded tokenizer (nor this process's cache)
+        return {"spec": self.spec, "media_cache": None, "_tokenizer": None, "_processor": None}
 
     def _load(self):
         """Tokenizer and processor, on first use in this process. Their errors (a wrong path) are the
@@ -130,21 +135,31 @@ class SampleDecoder:
             raise BadSample(f"no assistant tokens within model_max_length {self.spec.model_max_length}")
         return {"input_ids": input_ids, "labels": labels, "video": video, "audio": audio, "bad": False}
 
+    def _cached(self, path: str, how: tuple, load):
+        """load() as float32, through the media cache (if any) under the file's identity and `how`."""
+        if self.media_cache is None:
+            return np.asarray(load(), np.float32)
+        from vllama_jax.preprocess.media_cache import file_identity
+
+        key = how + (self.spec.processor, self.spec.num_frames, self.spec.aspect_ratio) + file_identity(path)
+        return self.media_cache.get_or_load(key, lambda: np.asarray(load(), np.float32))
+
     def _media(self, kind: str, path: str, row: dict):
         spec = self.spec
         try:
             if kind == "video":
-                video = self.processor.video(path, row.get("start"), row.get("end"))
+                start, end = row.get("start"), row.get("end")
+                video = self._cached(path, ("video", start, end), lambda: self.processor.video(path, start, end))
                 audio = None
                 if row.get("_audio_from_video") and spec.has_audio_tower:
-                    audio = np.asarray(self.processor.audio(path), np.float32)
-                return np.asarray(video, np.float32), audio
+                    audio = self._cached(path, ("audio",), lambda: self.processor.audio(path))
+                return video, audio
             if kind == "image":
                 image = np.asarray(self.processor.image(path), np.float32)  # (1, 3, H, W)
                 return np.repeat(image, spec.num_frames, axis=0), None
             if not spec.has_audio_tower:
                 raise BadSample("an audio sample, but the model has no audio tower")
-            return None, np.asarray(self.processor.audio(path), np.float32)
+            return None, self._cached(path, ("audio",), lambda: self.processor.audio(path))
         except BadSample:
             raise
         except Exception as e:  # noqa: BLE001

@@ -431,3 +431,32 @@ def test_a_phase_cache_of_older_rows_is_decoded_again(tmp_path):
     with open(manifest) as f:
         made = json.load(f)
     assert made["sha256"] == [sha256_file(annotations)] and made["counts"][0]["rows"] == len(rows) - 1
+
+
+def test_the_phase_caches_decode_each_clip_once_and_hold_what_decoding_gives(tmp_path):
+    """build_caches shares one MediaCache across the phases: the joint phase's frames and the audio
+    phase's clips' sound are the earlier phases' decodings, and every record equals an unshared cache's."""
+    import glob
+
+    from data_pipelines.demo_data import DEMO_DATA
+    from vllama_jax.demo.recipe import build_caches, phase_configs
+    from vllama_jax.demo.run import Settings, prepare
+    from vllama_jax.train.config import replace_section
+
+    out = str(tmp_path / "shared")
+    prepare(out, DEMO_DATA, Settings(num_train=6, num_test=1, num_audio=2, per_kind=1, steps={}), seed=0, progress=False)
+    cfgs = phase_configs(out, "stc")
+    stats = build_caches(cfgs, DEMO_DATA)
+    # video.json: 6 clips' frames decoded; audio.json: 2 clips' sound; av.json: 6 frames and 2 sounds
+    # found, 4 sounds decoded and not kept (no later phase asks for them).
+    assert (stats["misses"], stats["hits"], stats["entries"]) == (6 + 2 + 4, 6 + 2, 6 + 2)
+    for cfg in cfgs:
+        alone = replace_section(cfg, "data", cache=str(tmp_path / "alone" / os.path.basename(cfg.data.cache)))
+        DEMO_DATA.write_phase_cache(alone)  # no media cache: every row decodes its clip
+        shards = sorted(glob.glob(os.path.join(cfg.data.cache, "*", "*.array_record")))
+        assert shards
+        for shard in shards:
+            rel = os.path.relpath(shard, cfg.data.cache)
+            with open(shard, "rb") as a, open(os.path.join(alone.data.cache, rel), "rb") as b:
+                assert a.read() == b.read(), rel
+

@@ -197,6 +197,16 @@ def test_media_cache_lru_bytes_and_read_only():
     assert big.shape == (1000,) and cache.stats()["bytes"] <= 1200 and "big" not in cache._entries
 
 
+def test_a_media_cache_lookup_that_keeps_nothing():
+    from vllama_jax.preprocess.media_cache import MediaCache
+
+    cache = MediaCache(1 << 20)
+    kept = cache.get_or_load("a", lambda: np.ones(4))
+    assert cache.get_or_load("b", lambda: np.zeros(4), keep=False).sum() == 0
+    assert cache.get_or_load("a", lambda: np.zeros(4), keep=False) is kept  # found: returned, not reloaded
+    assert cache.stats()["entries"] == 1 and (cache.stats()["hits"], cache.stats()["misses"]) == (1, 2)
+
+
 def test_media_cache_serves_a_file_again_until_it_changes(vmodel, tmp_path):
     """With --media-cache-mb, a file or data: payload asked about again is not decoded again; a file
     rewritten in place is; every answer stays model.chat's."""

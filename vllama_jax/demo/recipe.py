@@ -24,11 +24,13 @@ ignores the media.
 
 Every row of every phase is decoded once into an ArrayRecord cache (the train code's `data.cache`):
 the fbank of a clip's 30 s sound window costs more CPU than a training step spends on the sample, and
-each row is seen several times. Both variants read the same caches (same rows, same pre-processing).
+each row is seen several times. Both variants read the same caches (same rows, same pre-processing),
+and the phases' caches share each clip's decoding (`build_caches`).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -36,14 +38,18 @@ from typing import Callable, Dict, List, Optional, Sequence
 import flax.linen as nn
 import jax
 
+from vllama_jax.answering import DEFAULT_MEDIA_CACHE_MB
 from vllama_jax.checkpoints.convert import convert
 from vllama_jax.checkpoints.export import save_videollama2
 from vllama_jax.demo.calibrate import calibrate_towers, standardise_connector, zero_init_last
 from vllama_jax.loading import load_tokenizer
 from vllama_jax.models.sequence import dummy_batch
 from vllama_jax.models.videollama2 import VideoLLaMA2
+from vllama_jax.preprocess.media_cache import MediaCache
 from vllama_jax.train.config import load_train_config, phase_config_path
 from vllama_jax.train.loop import train
+
+log = logging.getLogger(__name__)
 
 PHASES = ("demo_video", "demo_audio", "demo_av")
 VARIANTS = {"stc": "demo-av", "mean_pool": "demo-av-meanpool"}  # name -> model preset (vllama_jax/config.py)
@@ -58,14 +64,15 @@ class DemoData:
         clips, the phases' annotation files, held-out questions
     test_questions(data_folder) -> [{"id", "kind", "template", "question", "answer", "video", "chance"}]
     kinds: the question kinds, in the order the report lists them
-    write_phase_cache(cfg): decode a phase's rows once into `cfg.data.cache` (kept when complete)
+    write_phase_cache(cfg, media_cache): decode a phase's rows once into `cfg.data.cache` (kept when
+        complete), each clip's frames and sound through `media_cache` (shared by the phases)
     train_data(cfg, model_config) -> the phase's `TrainData` (batches for `vllama_jax.train.loop.train`)
     """
 
     make_dataset: Callable[..., str]
     test_questions: Callable[[str], List[dict]]
     kinds: Sequence[str]
-    write_phase_cache: Callable[[object], None]
+    write_phase_cache: Callable[[object, Optional[MediaCache]], None]
     train_data: Callable[..., object]
 
 
@@ -94,10 +101,29 @@ def phase_configs(out: str, variant: str, steps: Optional[Dict[str, int]] = None
     return cfgs
 
 
-def build_caches(cfgs, data: DemoData) -> None:
-    """Decode each phase's rows into its `data.cache` folder, unless a complete cache is there."""
-    for cfg in cfgs:
-        data.write_phase_cache(cfg)
+class _Reuse:
+    """The phases' media cache as the last phase sees it: what earlier phases decoded is reused, and what
+    it decodes itself is not kept (no later phase asks for it, and it would push out what this one reuses)."""
+
+    def __init__(self, cache: MediaCache):
+        self.cache = cache
+
+    def get_or_load(self, key, load):
+        return self.cache.get_or_load(key, load, keep=False)
+
+
+def build_caches(cfgs, data: DemoData, media_bytes: int = DEFAULT_MEDIA_CACHE_MB << 20) -> dict:
+    """Decode each phase's rows into its `data.cache` folder, unless a complete cache is there.
+
+    The phases' rows ask about the same clips (video, audio and audio-visual rows), so each clip's frames
+    and sound go through one MediaCache of `media_bytes`: decoded once for all the phases' caches (the
+    default run: 1200 clips' frames, 0.18 GB, and the audio phase's 400 fbanks, 0.61 GB, kept; 2400
+    decodings instead of 4000, 95 -> 76 s). Held only while the caches are written. Returns its stats."""
+    clips = MediaCache(media_bytes)
+    for i, cfg in enumerate(cfgs):
+        data.write_phase_cache(cfg, clips if i < len(cfgs) - 1 else _Reuse(clips))
+    log.info("phase caches, decoded clips: %s", clips.stats())
+    return clips.stats()
 
 
 def calibrated_init(cfgs, data: DemoData, num_batches: int = CALIBRATION_BATCHES) -> str:

@@ -7,7 +7,8 @@
 Evaluation sets and chat front ends ask several questions about one video (ActivityNet-QA about ten,
 Video-MME three); each would otherwise decode it again (tens of ms of CPU for a short clip, the dearest
 part of a question to a small model). vLLM keeps the same kind of cache of processed multimodal inputs.
-Used by the server (serve/media.py) and by batch answering (answering.py: `answer`, `eval`, the demo).
+Used by the server (serve/media.py), by batch answering (answering.py: `answer`, `eval`, the demo) and
+by the demo's phase caches (demo/recipe.py `build_caches`: its phases' rows are about the same clips).
 
 A key names the content and how it was processed, never just a path: a file is keyed by
 `file_identity` (real path, size, modification time, inode: a file rewritten in place is decoded
@@ -46,7 +47,9 @@ class MediaCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get_or_load(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_load(self, key: Hashable, load: Callable[[], np.ndarray], keep: bool = True) -> np.ndarray:
+        """The cached array of `key`, else load() (kept unless `keep` is False: a caller that knows the
+        array will not be asked for again need not push others out)."""
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -56,7 +59,7 @@ class MediaCache:
         value = np.asarray(load())  # outside the lock: decoding is the slow part
         value.setflags(write=False)
         with self._lock:
-            if value.nbytes <= self.max_bytes:
+            if keep and value.nbytes <= self.max_bytes:
                 old = self._entries.pop(key, None)
                 if old is not None:
                     self._bytes -= old.nbytes

@@ -138,3 +138,19 @@ def test_decode_profile_quick_mode_runs(tmp_path):
     (row,) = result["cases"]
     assert row["tokens_per_s"] > 0 and row["hlo"]["ops"]["fusion"] > 0 and "/host:CPU" in row["trace"]["processes"]
     assert (tmp_path / "hlo-t-tiny-b1.txt").read_text().startswith("HloModule")
+
+
+def test_decode_kernel_bench_quick_mode_runs(tmp_path):
+    """benchmarks/decode_kernel.py (the CPU decode kernel alone, sources compared run by run) on small
+    shapes: every row timed for each source, and two builds of the same source agree bit for bit."""
+    from benchmarks import decode_kernel
+    from vllama_jax import kernels
+    if not kernels.usable(np.zeros((), np.float32)):
+        pytest.skip("no C++ compiler for the CPU kernel")
+    assert decode_kernel.main(["--quick", "--out", str(tmp_path), "--rows", "1", "8",
+                               "--sources", kernels._SOURCE, kernels._SOURCE]) == 0
+    rows = json.loads((tmp_path / "decode_kernel.json").read_text())["rows"]
+    assert [(r["rows"], r["weights"]) for r in rows] == [(1, "float32"), (8, "float32"), (1, "int8"), (8, "int8")]
+    for r in rows:
+        assert r["bit_identical"] and len(r["sources"]) == 2
+        assert all(s["ms"] > 0 and s["gb_per_s"] > 0 for s in r["sources"])

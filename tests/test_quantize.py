@@ -59,10 +59,11 @@ def test_quantize_params_picks_the_decoder_kernels():
 
 
 @pytest.mark.skipif(not kernels.usable(jnp.zeros((), jnp.float32)), reason="no C++ compiler for the CPU kernel")
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 11])
-def test_decode_kernel_matches_numpy(m):
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 11])
+@pytest.mark.parametrize("k, n", [(70, 150), (37, 2063)])  # odd tails of rows (K % 4) and columns (N % 8)
+def test_decode_kernel_matches_numpy(m, k, n):
     rng = np.random.default_rng(m)
-    k, n, layers = 70, 150, 3
+    layers = 3
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((layers, k, n)).astype(np.float32)
     for layer in range(layers):

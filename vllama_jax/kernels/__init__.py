@@ -46,8 +46,9 @@ def _compiler():
     return None
 
 
-def _build() -> str:
-    """Compile matvec.cc (once per source, compiler, flags and jaxlib version) and return the .so path."""
+def _build(source: str = _SOURCE) -> str:
+    """Compile `source` (matvec.cc; a variant of it for benchmarks/decode_kernel.py) once per source text,
+    compiler, flags and jaxlib version, and return the .so path."""
     import jaxlib
 
     cxx = _compiler()
@@ -55,7 +56,7 @@ def _build() -> str:
         raise RuntimeError("no C++ compiler (set $CXX or install g++)")
     flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
              "-I", jax.ffi.include_dir()]
-    with open(_SOURCE, "rb") as f:
+    with open(source, "rb") as f:
         src = f.read()
     key = hashlib.sha256(src + " ".join([cxx] + flags + [jaxlib.__version__]).encode()).hexdigest()[:16]
     out_dir = _cache_dir()
@@ -64,7 +65,7 @@ def _build() -> str:
     if not os.path.exists(so):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
-        proc = subprocess.run([cxx, *flags, _SOURCE, "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cxx, *flags, source, "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             os.unlink(tmp)
             raise RuntimeError(f"{cxx} failed: {proc.stderr[-2000:]}")

@@ -12,7 +12,7 @@ bit-identical to the first's. Random weights; nothing is downloaded.
 
 `--sources`: variants of matvec.cc to compare (default: the package's own); each is compiled once (as
 `vllama_jax.kernels` does, same flags) and registered under its own target names. `--out DIR` writes
-`decode_kernel.json`. `--quick`: small shapes (a check that the script runs).
+`decode_kernel.json` and `decode_kernel.png` (GB/s of weights read per case and source). `--quick`: small shapes (a check that the script runs).
 """
 from __future__ import annotations
 
@@ -69,6 +69,29 @@ def one_pass(i, x, stacked, head, layers):
     return jnp.stack(outs)
 
 
+def plot(rows, path):
+    """GB/s of weights read, one group of bars per (rows, weights) case, one bar per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    sources = [os.path.basename(s["source"]) for s in rows[0]["sources"]]
+    width = 0.8 / len(sources)
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
+    for j, name in enumerate(sources):
+        ax.bar([i + j * width for i in range(len(rows))], [r["sources"][j]["gb_per_s"] for r in rows], width,
+               label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([f"{r['rows']} rows\n{r['weights']}" for r in rows])
+    ax.set_ylabel("GB/s of weights read")
+    ax.set_title("decode kernel: one pass over a decoder's products")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sources", nargs="+", default=[kernels._SOURCE])
@@ -115,6 +138,7 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "decode_kernel.json"), "w") as f:
             json.dump({"rows": rows, "jax": jax.__version__}, f, indent=1)
+        plot(rows, os.path.join(args.out, "decode_kernel.png"))
     return 0
 
 

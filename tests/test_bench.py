@@ -154,3 +154,4 @@ def test_decode_kernel_bench_quick_mode_runs(tmp_path):
     for r in rows:
         assert r["bit_identical"] and len(r["sources"]) == 2
         assert all(s["ms"] > 0 and s["gb_per_s"] > 0 for s in r["sources"])
+    assert (tmp_path / "decode_kernel.png").exists()

@@ -4,7 +4,16 @@
     model = vj.load("path/to/VideoLLaMA2-7B")
     model.chat("What happens in this video?", video="clip.mp4")
 """
+import os
+
 __version__ = "0.1.0"
+
+# On the CPU the products of prefill and training go to numpy's OpenBLAS (layers/blas.py), between XLA's
+# own ops. OpenBLAS's workers spin for 2^28 cycles (~0.1 s) after each product before they sleep, taking a
+# core from the XLA ops that follow: the STC connector's training step was ~15 % slower for it. 2^4 cycles
+# makes them sleep at once. Read when OpenBLAS loads (with numpy), so it holds where vllama_jax is imported
+# first (the `vllama-jax` command); a value set by the user is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 def load(path, **kwargs):

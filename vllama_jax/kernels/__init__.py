@@ -1,20 +1,28 @@
-"""CPU kernels for decoding, built on first use and called through XLA's FFI (matvec.cc).
+"""CPU kernels, built on first use and called through XLA's FFI.
 
-    matvec(x (M, K) f32, w (L, K, N) or (K, N), layer, scale=None (L, N) or (N,)) -> (M, N) f32
+    matvec(x (M, K) f32, w (L, K, N) or (K, N), layer, scale=None (L, N) or (N,)) -> (M, N) f32   (matvec.cc)
+    gemm(a, b, trans_a=False, trans_b=False) -> op(a) (..., M, K) @ op(b) (..., K, N), f32        (gemm.cc)
 
-`w` float32, or int8 with a per-output-channel `scale`; `layer` picks the matrix of a stacked weight in
-place. `available()` says whether the kernel could be built: it needs a C++ compiler (`$CXX`, else g++ or
-c++) and XLA's FFI headers (shipped with jaxlib). It is compiled once per machine with -march=native (it
-runs where it is built) into `$VLLAMA_JAX_CACHE/kernels/` (default ~/.cache/vllama_jax/kernels) and
-registered as the custom calls `vj_matvec_f32` / `vj_matvec_s8` for the CPU platform.
+matvec: the decode steps' memory-bound products (a few rows); `w` float32, or int8 with a
+per-output-channel `scale`; `layer` picks the matrix of a stacked weight in place. gemm: the large
+products of prefill and training, handed to the sgemm of the OpenBLAS that numpy ships (faster than
+XLA:CPU's own GEMM: gemm.cc); `trans_a` / `trans_b` read an operand stored transposed, as the gradients'
+products need.
+
+`available()` / `gemm_available()` say whether a kernel could be set up: both need a C++ compiler
+(`$CXX`, else g++ or c++) and XLA's FFI headers (shipped with jaxlib); gemm also numpy's OpenBLAS. Each
+source is compiled once per machine with -march=native (it runs where it is built) into
+`$VLLAMA_JAX_CACHE/kernels/` (default ~/.cache/vllama_jax/kernels) and registered as the custom calls
+`vj_matvec_f32` / `vj_matvec_s8` / `vj_gemm_f32` for the CPU platform.
 
 Callers keep an XLA fallback (layers/linear.py): without a compiler everything still runs, only slower;
-`VLLAMA_JAX_KERNELS=0` turns the kernels off. The custom calls have no gradient: they are used for
-inference only (decode steps), never in training.
+`VLLAMA_JAX_KERNELS=0` turns the kernels off, `VLLAMA_JAX_BLAS=0` the sgemm alone. The custom calls have no gradient of their own: matvec is
+used for inference only (decode steps); linear.py gives gemm its gradient as two more gemm calls.
 """
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import logging
 import os
@@ -30,8 +38,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "matvec.cc")
+_GEMM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gemm.cc")
 _lock = threading.Lock()
 _state = {"tried": False, "ok": False, "error": None, "lib": None}
+_gemm_state = {"tried": False, "ok": False, "error": None, "lib": None, "blas": None}
 
 
 def _cache_dir() -> str:
@@ -47,8 +57,8 @@ def _compiler():
 
 
 def _build(source: str = _SOURCE) -> str:
-    """Compile `source` (matvec.cc; a variant of it for benchmarks/decode_kernel.py) once per source text,
-    compiler, flags and jaxlib version, and return the .so path."""
+    """Compile `source` (matvec.cc, gemm.cc; a variant of one for benchmarks/decode_kernel.py) once per
+    source text, compiler, flags and jaxlib version, and return the .so path."""
     import jaxlib
 
     cxx = _compiler()
@@ -61,7 +71,8 @@ def _build(source: str = _SOURCE) -> str:
     key = hashlib.sha256(src + " ".join([cxx] + flags + [jaxlib.__version__]).encode()).hexdigest()[:16]
     out_dir = _cache_dir()
     os.makedirs(out_dir, exist_ok=True)
-    so = os.path.join(out_dir, f"vj_matvec_{key}.so")
+    stem = os.path.splitext(os.path.basename(source))[0]
+    so = os.path.join(out_dir, f"vj_{stem}_{key}.so")
     if not os.path.exists(so):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
@@ -73,25 +84,77 @@ def _build(source: str = _SOURCE) -> str:
     return so
 
 
-def available() -> bool:
-    """Build and register the kernels once per process; False (with a logged reason) when they cannot be."""
-    if _state["tried"]:
-        return _state["ok"]
+def _set_up_once(state: dict, what: str, switches, set_up) -> bool:
+    """Run `set_up()` (-> extra state) once per process; False, with a logged reason, when it fails or one
+    of the environment `switches` is "0". Callers then run on XLA's own dot, only slower."""
+    if state["tried"]:
+        return state["ok"]
     with _lock:
-        if _state["tried"]:
-            return _state["ok"]
+        if state["tried"]:
+            return state["ok"]
         try:
-            if os.environ.get("VLLAMA_JAX_KERNELS", "1") == "0":
-                raise RuntimeError("turned off by VLLAMA_JAX_KERNELS=0")
-            lib = ctypes.cdll.LoadLibrary(_build())
-            for name in ("vj_matvec_f32", "vj_matvec_s8"):
-                jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
-            _state.update(ok=True, lib=lib)
-        except Exception as e:  # inference still runs on XLA's own dot, only slower
-            _state["error"] = str(e)
-            log.warning("vllama_jax CPU decode kernels unavailable (%s); using XLA's dot", e)
-        _state["tried"] = True
-    return _state["ok"]
+            for var in switches:
+                if os.environ.get(var, "1") == "0":
+                    raise RuntimeError(f"turned off by {var}=0")
+            state.update(ok=True, **set_up())
+        except Exception as e:
+            state["error"] = str(e)
+            log.warning("vllama_jax %s unavailable (%s); using XLA's dot", what, e)
+        state["tried"] = True
+    return state["ok"]
+
+
+def _register_matvec() -> dict:
+    lib = ctypes.cdll.LoadLibrary(_build())
+    for name in ("vj_matvec_f32", "vj_matvec_s8"):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    return {"lib": lib}
+
+
+def available() -> bool:
+    """Build and register the decode kernels once per process (False when they cannot be)."""
+    return _set_up_once(_state, "CPU decode kernels", ("VLLAMA_JAX_KERNELS",), _register_matvec)
+
+
+def _numpy_sgemm():
+    """The address of `cblas_sgemm` (64-bit integers) in the OpenBLAS that numpy's wheel ships, loaded by
+    numpy already (dlopen of the same file returns that copy, so numpy and we share one thread pool)."""
+    libs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(np.__file__))), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas64_*.so*"))):
+        blas = ctypes.CDLL(path)
+        for symbol in ("scipy_cblas_sgemm64_", "cblas_sgemm64_"):
+            if hasattr(blas, symbol):
+                return blas, ctypes.cast(getattr(blas, symbol), ctypes.c_void_p)
+    raise RuntimeError(f"no 64-bit-integer OpenBLAS in {libs} (numpy built against another BLAS)")
+
+
+def _register_gemm() -> dict:
+    blas, sgemm = _numpy_sgemm()
+    lib = ctypes.cdll.LoadLibrary(_build(_GEMM_SOURCE))
+    lib.vj_gemm_set_sgemm(sgemm)
+    jax.ffi.register_ffi_target("vj_gemm_f32", jax.ffi.pycapsule(lib.vj_gemm_f32), platform="cpu")
+    return {"lib": lib, "blas": blas}
+
+
+def gemm_available() -> bool:
+    """Build and register the sgemm call once per process (False when it cannot be)."""
+    return _set_up_once(_gemm_state, "CPU sgemm", ("VLLAMA_JAX_KERNELS", "VLLAMA_JAX_BLAS"), _register_gemm)
+
+
+def gemm_usable(x) -> bool:
+    """Whether `gemm` may run here: a single CPU device (a custom call is not partitioned: across devices
+    XLA would gather its operands), float32, the call set up."""
+    return (jax.default_backend() == "cpu" and jax.device_count() == 1 and x.dtype == jnp.float32
+            and gemm_available())
+
+
+def gemm(a, b, trans_a: bool = False, trans_b: bool = False):
+    """op(a) @ op(b) in float32: a (..., M, K), or (..., K, M) with trans_a; b (..., K, N), or (..., N, K)
+    with trans_b; the same leading (batch) dims on both."""
+    m = a.shape[-1] if trans_a else a.shape[-2]
+    n = b.shape[-2] if trans_b else b.shape[-1]
+    out = jax.ShapeDtypeStruct(a.shape[:-2] + (m, n), jnp.float32)
+    return jax.ffi.ffi_call("vj_gemm_f32", out, vmap_method="sequential")(a, b, trans_a=trans_a, trans_b=trans_b)
 
 
 def usable(x) -> bool:

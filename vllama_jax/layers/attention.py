@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vllama_jax.layers.linear import Dense, default_kernel_init
+from vllama_jax.layers import blas
+from vllama_jax.layers.linear import KERNEL_MAX_ROWS, Dense, default_kernel_init
 from vllama_jax.layers.rope import apply_rope
 
 # A large negative number rather than -inf, so a row with nothing to attend to (a padding query)
@@ -43,14 +44,24 @@ def dot_product_attention(q, k, v, mask=None, bias=None, scale=None):
     # (B, Lq, H, hd) layout, XLA:CPU transposed the (B, H, Lq, Lk) logits and their gradient (1.4x the time).
     qh = q.reshape(b, lq, kvh, groups, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, groups * lq, hd)
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, KVH, Lk, hd)
-    logits = jnp.einsum("bkqd,bksd->bkqs", qh, kh).astype(jnp.float32) * scale
+    # Prefill and training on one CPU device: both products through BLAS (layers/blas.py). Decode steps
+    # (a few query rows) stay with XLA, which fuses them with the cache reads.
+    on_blas = (lq > KERNEL_MAX_ROWS and k.dtype == v.dtype == jnp.float32
+               and blas.usable(qh, b * h * lq * lk * hd))
+    if on_blas:
+        logits = blas.matmul(qh, kh, trans_b=True) * scale
+    else:
+        logits = jnp.einsum("bkqd,bksd->bkqs", qh, kh).astype(jnp.float32) * scale
     logits = logits.reshape(b, h, lq, lk)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kvh, groups * lq, lk)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh)  # (B, KVH, G * Lq, hd)
+    if on_blas:
+        out = blas.matmul(probs, vh)  # (B, KVH, G * Lq, hd)
+    else:
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, vh)
     return out.reshape(b, kvh, groups, lq, hd).transpose(0, 3, 1, 2, 4).reshape(b, lq, h, hd)
 
 

@@ -7,8 +7,9 @@ Besides a plain array, the `kernel` param may be
     QArray     int8 values (in, out) + float32 scale (out,) (quantize.py): x @ values * scale
     LayerRef   layer `index` of a stacked (layers, in, out) weight (plain or QArray), as the unrolled decode
                path of models/decoder.py passes it, so the layer is read in place instead of sliced (copied).
-`matmul` picks how: the CPU decode kernel (kernels/) for a few rows (decode steps), else XLA's dot on the
-weight (dequantized / sliced when it has to be).
+`matmul` picks how: the CPU decode kernel (kernels/) for a few rows (decode steps), else `dot` on the
+weight (dequantized / sliced when it has to be). `dot` in turn hands a float32 product of many rows on a
+single CPU device to BLAS's sgemm (layers/blas.py).
 """
 from typing import Any, Callable, Tuple
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vllama_jax import kernels
+from vllama_jax.layers import blas
 from vllama_jax.quantize import QArray
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)  # transformers' `initializer_range` default
@@ -109,10 +111,17 @@ def dot(x, w, dtype=jnp.float32):
         # GEMMs on their own and skip the extra row (it cost 1.7 % at 7B).
         x2 = jnp.concatenate([x.reshape(1, -1), jnp.zeros((1, x.shape[-1]), dtype)])
         return jnp.dot(x2, w)[:1].reshape(x.shape[:-1] + (w.shape[-1],))
-    if x.ndim > 2 and jax.default_backend() == "cpu":
-        y = jnp.dot(x.reshape(-1, x.shape[-1]), w)
+    if jax.default_backend() == "cpu" and w.ndim == 2:
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] > KERNEL_MAX_ROWS and blas.usable(x2, x2.shape[0] * w.shape[0] * w.shape[1]):
+            y = blas.matmul(x2, w)
+        elif x.ndim > 2:
+            y = jnp.dot(x2, w)
+        else:
+            return jnp.dot(x, w)
         return y.reshape(x.shape[:-1] + (w.shape[-1],))
     return jnp.einsum("...i,io->...o", x, w)
+
 
 
 class Dense(nn.Module):

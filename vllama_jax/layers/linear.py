@@ -123,7 +123,6 @@ def dot(x, w, dtype=jnp.float32):
     return jnp.einsum("...i,io->...o", x, w)
 
 
-
 class Dense(nn.Module):
     features: int
     axes: Tuple[str, str] = ("embed", "mlp")  # logical names of (in, out)

@@ -1,7 +1,7 @@
 """Load test of `vllama-jax serve` on 127.0.0.1 against sequential `model.chat` calls, in one run.
 
     python benchmarks/serve_load.py --out DIR [--model DIR] [--clients 8] [--requests 16] [--max-tokens 64]
-                                    [--media-cache-mb 0]
+                                    [--media-cache-mb 0] [--workers N]
     vllama-jax bench --serve --out DIR                    (the same, from the bench command)
 
 The server runs without its media cache unless `--media-cache-mb` is given: the requests ask about two
@@ -110,28 +110,37 @@ def _request(client, url, body):
     return "".join(pieces), time.perf_counter() - t0, ttft, tokens
 
 
-def start_server(model_dir, port, max_batch, max_len, max_context, decode_steps, log, media_cache_mb=0.0):
+def start_server(model_dir, port, max_batch, max_len, max_context, decode_steps, log, server_log,
+                 media_cache_mb=0.0, workers=None):
     cmd = [sys.executable, "-m", "vllama_jax", "serve", "--model", model_dir, "--port", str(port),
            "--media-root", MEDIA, "--max-batch", str(max_batch), "--decode-steps", str(decode_steps),
            "--media-cache-mb", str(media_cache_mb)]
     if max_len:
         cmd += ["--max-len", str(max_len)]
+    if workers:
+        cmd += ["--workers", str(workers)]
     if max_context:
         cmd += ["--max-context", str(max_context)]
     log("starting: " + " ".join(cmd))
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    # The server's log (one line per request, and why it stopped if it did) goes to DIR/server.log.
+    err = open(server_log, "w")
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
                          env={**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    err.close()
     line = p.stdout.readline()
     if "on http://" not in line:
         p.kill()
-        raise RuntimeError(f"the server did not start: {line!r}")
+        p.wait()
+        with open(server_log) as f:
+            tail = "".join(f.readlines()[-20:])
+        raise RuntimeError(f"the server did not start (stdout {line!r}); the end of {server_log}:\n{tail}")
     log(line.strip())
     return p, line.split("on ", 1)[1].split()[0]
 
 
 def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests: int = 16, max_tokens: int = 64,
         max_batch: int = 8, max_len: Optional[int] = 256, max_context: Optional[int] = None, decode_steps: int = 1,
-        log=print, media_cache_mb: float = 0.0) -> dict:
+        log=print, media_cache_mb: float = 0.0, workers: Optional[int] = None) -> dict:
     import httpx
 
     os.makedirs(out_dir, exist_ok=True)
@@ -156,7 +165,7 @@ def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests
 
     # --- concurrent clients against the server ----------------------------------------------------------------
     proc, base = start_server(model_dir, _free_port(), max_batch, max_len, max_context, decode_steps, log,
-                              media_cache_mb)
+                              os.path.join(out_dir, "server.log"), media_cache_mb, workers)
     url = base + "/chat/completions"
     try:
         with httpx.Client(timeout=600) as c:
@@ -174,7 +183,11 @@ def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests
                         except Exception as e:
                             errors.append(repr(e))
 
-            threads = [threading.Thread(target=client, args=(jobs[i::clients],)) for i in range(clients)]
+            # Client i sends jobs [i * requests, (i + 1) * requests): each client a mix of images and
+            # videos. (Striding, jobs[i::clients], gave half the clients only images with an even client
+            # count: they finished early, and the rest of the run had half the concurrency.)
+            threads = [threading.Thread(target=client, args=(jobs[i * requests:(i + 1) * requests],))
+                       for i in range(clients)]
             t_conc = time.perf_counter()
             for t in threads:
                 t.start()
@@ -207,7 +220,7 @@ def run(out_dir: str, model_dir: str = DEFAULT_MODEL, clients: int = 8, requests
     entry = {"model": os.path.relpath(model_dir, ROOT) if model_dir.startswith(ROOT) else model_dir,
              "settings": {"clients": clients, "requests_per_client": requests, "max_tokens": max_tokens,
                           "max_batch": max_batch, "max_len": max_len, "decode_steps": decode_steps,
-                          "media_cache_mb": media_cache_mb,
+                          "media_cache_mb": media_cache_mb, "media_workers": passes[False][3].get("media_workers"),
                           "media": [f for _, f in FILES], "greedy": True},
              "sequential_model_chat": sequential, "server_concurrent": concurrent,
              "server_concurrent_streamed": streamed,
@@ -266,6 +279,8 @@ def add_arguments(p):
     p.add_argument("--decode-steps", type=int, default=1)
     p.add_argument("--media-cache-mb", type=float, default=0.0, help="the server's media cache (default 0: every "
                    "request decodes its media, as each sequential model.chat call does)")
+    p.add_argument("--workers", type=int, help="the server's media-decoding threads (default: its own, one per "
+                   "core, at most 8)")
 
 
 def main(argv=None):
@@ -274,7 +289,7 @@ def main(argv=None):
     add_arguments(ap)
     a = ap.parse_args(argv)
     run(a.out, a.model, a.clients, a.requests, a.max_tokens, a.max_batch, a.max_len, a.max_context, a.decode_steps,
-        media_cache_mb=a.media_cache_mb)
+        media_cache_mb=a.media_cache_mb, workers=a.workers)
 
 
 if __name__ == "__main__":

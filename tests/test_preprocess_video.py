@@ -286,6 +286,39 @@ def test_frames_no_other_frame_needs_are_skipped_and_the_rest_are_exact(media_di
         source.close()
 
 
+@pytest.mark.parametrize("name", ["sample_demo_3.mp4", "output_v_3V9tzjyr51I.mp4"])
+def test_single_threaded_decoding_gives_the_same_frames(media_dir, name):
+    # The server's media workers decode each video on one FFmpeg thread (set per calling thread); the
+    # frames are FFmpeg's multi-threaded ones bit for bit, by seeking and from the start, and the setting
+    # stays with the thread that made it.
+    import threading
+
+    def read(threads, seek):
+        out = {}
+
+        def work():
+            video_ops.set_decode_threads(threads)
+            source = video_ops.open_source(str(media_dir / name))
+            try:
+                idx = video_ops.sample_indices(source.num_frames, source.fps, 8)
+                out["frames"] = source.read(idx, seek=seek)
+                out["threads"] = source.stream.codec_context.thread_count
+            finally:
+                source.close()
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        return out
+
+    for seek in (True, False):
+        auto, one = read(None, seek), read(1, seek)
+        assert one["threads"] == 1 and auto["threads"] != 1
+        for a, b in zip(auto["frames"], one["frames"], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert getattr(video_ops._decoding, "threads", None) is None  # this thread's setting is untouched
+
+
 def test_more_than_max_frames_is_capped():
     p = Processor.from_pretrained(PROCESSORS["siglip384"], num_frames=40)
     assert p.frames_to_pixels(_coloured_frames(2)).shape[0] == video_ops.MAX_FRAMES

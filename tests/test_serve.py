@@ -22,7 +22,7 @@ import vllama_jax
 from vllama_jax.inference import until_eos
 from vllama_jax.models.sequence import audio_tokens, video_tokens
 from vllama_jax.preprocess.conversation import build_prompt, tokenize_multimodal
-from vllama_jax.serve.app import Server, start_in_thread
+from vllama_jax.serve.app import Server, default_workers, start_in_thread
 
 from conftest import FIXTURES, MEDIA
 
@@ -226,6 +226,9 @@ def test_media_cache_serves_a_file_again_until_it_changes(vmodel, tmp_path):
         assert ask("What happens?", video) == ref
         assert ask("What happens?", video) == ref
         assert (health()["misses"], health()["hits"]) == (1, 1)
+        # Media workers: one per core by default (at most 8), each decoding on one FFmpeg thread; the
+        # answers above are model.chat's, whose decoding FFmpeg threads as it likes.
+        assert httpx.get(st.url.rsplit("/v1", 1)[0] + "/health").json()["media_workers"] == default_workers()
         image = image_part(data_url(tmp_path / IMAGE, "image/jpeg"))
         ref_image = reference(vmodel, "What is unusual here?", 16, image=str(tmp_path / IMAGE))[0]
         assert ask("What is unusual here?", image) == ask("What is unusual here?", image) == ref_image

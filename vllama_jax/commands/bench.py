@@ -28,6 +28,8 @@ def add_arguments(p):
     p.add_argument("--decode-steps", type=int, default=1, help="--serve: the server's --decode-steps")
     p.add_argument("--media-cache-mb", type=float, default=0.0, help="--serve: the server's --media-cache-mb "
                    "(default 0: every request decodes its media, as each sequential model.chat call does)")
+    p.add_argument("--workers", type=int, help="--serve: the server's media-decoding threads (default: one per core, "
+                   "at most 8)")
     p.add_argument("--decode-sizes", nargs="+", help="decode case: only these decoder sizes (4x256, 374M, 1B)")
 
 
@@ -50,7 +52,7 @@ def main(args) -> int:
     if args.serve:
         _run_bench_module("serve_load").run(args.out, clients=args.clients, requests=args.requests,
                                             max_tokens=args.max_tokens, decode_steps=args.decode_steps,
-                                            media_cache_mb=args.media_cache_mb)
+                                            media_cache_mb=args.media_cache_mb, workers=args.workers)
         return 0
     missing = _missing_references()
     if missing:

@@ -22,7 +22,8 @@ def add_arguments(p):
     p.add_argument("--served-model-name", help="the model id clients send (default: the folder's name)")
     p.add_argument("--max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="request body cap (413 above it)")
-    p.add_argument("--workers", type=int, default=2, help="threads decoding media and tokenizing")
+    p.add_argument("--workers", type=int, help="threads decoding media and tokenizing (default: one per core, at "
+                   "most 8)")
     p.add_argument("--media-cache-mb", type=float, default=1024.0,
                    help="decoded media kept for later requests about the same file or data (LRU; 0: decode "
                         "every request)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -36,6 +37,25 @@ GIF_FPS = 25  # the original reads GIFs with this fixed rate
 FOLDER_FPS = 3  # and folders of frames with this one
 MAX_FRAMES = 32  # the original never returns more frames than this
 FRAMES_PER_SECOND = 1  # the rate of the original's time-based sampling (num_frames=None)
+
+# FFmpeg's decoding threads for one video, set per calling thread. Unset, FFmpeg picks (frame and slice
+# threads over every core): fastest for one video at a time. A pool that decodes several videos at once
+# (the server's media workers) sets 1: its parallelism is across videos, and FFmpeg's own threads on top
+# would oversubscribe the cores and add frame threading's start-up delay to every request.
+_decoding = threading.local()
+
+
+def set_decode_threads(n: Optional[int]) -> None:
+    """FFmpeg threads per video decoded by the calling thread (None: FFmpeg's choice, the default)."""
+    _decoding.threads = n
+
+
+def _set_threads(stream) -> None:
+    n = getattr(_decoding, "threads", None)
+    if n is None:
+        stream.thread_type = "AUTO"
+    else:
+        stream.codec_context.thread_count = n
 
 
 class VideoError(ValueError):
@@ -184,7 +204,7 @@ class VideoFileSource:
         if not self.container.streams.video:
             raise VideoError(f"'{path}' has no video stream")
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
+        _set_threads(self.stream)
         rate = self.stream.average_rate or self.stream.guessed_rate
         if not rate:
             raise VideoError(f"'{path}': the video stream has no frame rate")
@@ -231,7 +251,7 @@ class VideoFileSource:
         wanted, last, got = set(indices), max(indices), {}
         with av.open(self.path) as container:  # a fresh demuxer: no seeking needed
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            _set_threads(stream)
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
                     got[i] = frame.to_ndarray(format="rgb24")

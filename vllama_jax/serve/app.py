@@ -24,6 +24,7 @@ import time
 from typing import Optional
 
 from vllama_jax.preprocess.media_cache import media_cache
+from vllama_jax.preprocess.video import set_decode_threads
 from vllama_jax.serve.engine import Engine
 from vllama_jax.serve.errors import RequestError, error_body
 from vllama_jax.serve.media import MediaRoot
@@ -35,12 +36,18 @@ log = logging.getLogger("vllama_jax.serve")
 DEFAULT_MAX_BODY = 64 * 2 ** 20  # bytes: a base64 video of ~45 MB
 
 
+def default_workers() -> int:
+    """Media-decoding threads by default: one per core, at most 8. With a small model, decoding a request's
+    video (PyAV and numpy, mostly outside the GIL) takes more CPU time than its tokens do."""
+    return max(1, min(8, os.cpu_count() or 2))
+
+
 class Server:
     """The served model and everything a request needs: engine, media root, worker pool, key, limits."""
 
     def __init__(self, model, max_batch: int = 8, max_len: Optional[int] = None, media_root: Optional[str] = None,
                  api_key: Optional[str] = None, name: Optional[str] = None, max_body: int = DEFAULT_MAX_BODY,
-                 workers: int = 2, default_max_tokens: int = 256, decode_steps: int = 1,
+                 workers: Optional[int] = None, default_max_tokens: int = 256, decode_steps: int = 1,
                  media_cache_mb: float = 0):
         if model.tokenizer is None:
             raise ValueError(f"{model.path}: no tokenizer files in the checkpoint folder; serving needs one")
@@ -57,7 +64,11 @@ class Server:
         cfg = model.config
         self.info = ModelInfo(name, cfg.vision is not None, cfg.audio is not None, self.engine.max_len,
                               default_max_tokens)
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vllama-media")
+        self.workers = workers or default_workers()
+        # Several requests decode at once, one per worker: each video single-threaded (preprocess/video.py).
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="vllama-media", initializer=set_decode_threads,
+            initargs=(1 if self.workers > 1 else None,))
         self.created = int(time.time())
 
     def start(self, warmup: bool = True):
@@ -177,7 +188,7 @@ def create_app(server: Server):
         if not engine.alive:
             return _error(503, f"the decode loop is not running ({engine.error!r})", "server_error")
         cache = server.media_cache.stats() if server.media_cache is not None else None
-        return {"status": "ok", **engine.load(), "media_cache": cache}
+        return {"status": "ok", **engine.load(), "media_workers": server.workers, "media_cache": cache}
 
     @app.get("/v1/models")
     async def models():

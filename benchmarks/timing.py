@@ -84,7 +84,9 @@ def side_by_side(ours: Callable[[], Any], ref: Callable[[], Any], *, warmup: int
 def round_robin(fns: dict, *, warmup: int, repeats: int, sync: Callable[[], None] = lambda: None) -> dict:
     """Several sides timed in turn, run by run (so a change of the machine's load hits all of them): JAX
     sides (names not starting with "torch") end at `block_until_ready`, PyTorch sides at `sync()` and run
-    under `torch.inference_mode`. Returns {name: (Timing, output of the last run)}."""
+    under `torch.inference_mode`. The order rotates from run to run, so no side always runs right after
+    the same other one (PyTorch's threads may still be busy after its call returns). Returns
+    {name: (Timing, output of the last run)}."""
     import torch
 
     def finish(name, out):
@@ -96,8 +98,10 @@ def round_robin(fns: dict, *, warmup: int, repeats: int, sync: Callable[[], None
     runs = {name: [] for name in fns}
     outs = {}
     with torch.inference_mode():
+        names = list(fns)
         for i in range(warmup + repeats):
-            for name, fn in fns.items():
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                fn = fns[name]
                 t0 = time.perf_counter()
                 outs[name] = finish(name, fn())
                 if i >= warmup:

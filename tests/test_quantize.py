@@ -59,7 +59,7 @@ def test_quantize_params_picks_the_decoder_kernels():
 
 
 @pytest.mark.skipif(not kernels.usable(jnp.zeros((), jnp.float32)), reason="no C++ compiler for the CPU kernel")
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 11])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 11, 33, 128])  # 33..128: int8 prompts stay on the kernel
 @pytest.mark.parametrize("k, n", [(70, 150), (37, 2063)])  # odd tails of rows (K % 4) and columns (N % 8)
 def test_decode_kernel_matches_numpy(m, k, n):
     rng = np.random.default_rng(m)
@@ -76,6 +76,24 @@ def test_decode_kernel_matches_numpy(m, k, n):
     # Unstacked (K, N) weights are layer 0 of themselves.
     got = np.asarray(kernels.matvec(jnp.asarray(x), jnp.asarray(w[1])))
     np.testing.assert_allclose(got, x.astype(np.float64) @ w[1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not kernels.usable(jnp.zeros((), jnp.float32)), reason="no C++ compiler for the CPU kernel")
+def test_int8_products_of_up_to_128_rows_take_the_kernel():
+    # Float32 weights leave the kernel above 32 rows (GEMM), int8 ones above 128 (a prompt's product): the
+    # kernel converts the int8 weights in cache, where the other road first writes a float32 copy.
+    from vllama_jax.layers.linear import INT8_KERNEL_MAX_ROWS, KERNEL_MAX_ROWS, LayerRef, matmul
+
+    w = np.random.default_rng(0).standard_normal((2, 48, 40)).astype(np.float32)
+    q = quantize_int8(w)
+    for rows in (KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1, INT8_KERNEL_MAX_ROWS, INT8_KERNEL_MAX_ROWS + 1):
+        x = np.random.default_rng(rows).standard_normal((rows, 48)).astype(np.float32)
+        for kernel, target, max_rows in ((LayerRef(q, 1), "vj_matvec_s8", INT8_KERNEL_MAX_ROWS),
+                                         (LayerRef(jnp.asarray(w), 1), "vj_matvec_f32", KERNEL_MAX_ROWS)):
+            f = jax.jit(lambda x: matmul(x, kernel, jnp.float32))
+            assert (target in f.lower(x).as_text()) == (rows <= max_rows), (rows, target)
+            want = x.astype(np.float64) @ (np.asarray(dequantize(q))[1] if target.endswith("s8") else w[1])
+            np.testing.assert_allclose(np.asarray(f(x)), want, rtol=1e-5, atol=1e-4)
 
 
 def _generate(cfg, params, ids, mask, per_layer, steps=6):

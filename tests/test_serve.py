@@ -521,3 +521,20 @@ def test_serve_command_prints_its_address_and_answers(root):
         p.terminate()
         p.wait(timeout=60)
     assert "chatcmpl-" in p.stderr.read()  # one log line per request
+
+
+@pytest.mark.slow
+def test_load_test_compares_like_with_like(tmp_path):
+    """benchmarks/serve_load.py, small: every answer equals model.chat's; with the server's media cache the
+    sequential side decodes each file once too; each pass records where its CPU time went."""
+    from benchmarks import serve_load
+
+    entry = serve_load.run(str(tmp_path), clients=2, requests=2, max_tokens=4, media_cache_mb=64, log=lambda *a: None)
+    assert entry["settings"]["sequential_media"] == "decoded once per file"
+    for name in ("server_concurrent", "server_concurrent_streamed"):
+        run = entry[name]
+        assert run["requests"] == 4 and run["errors"] == 0 and run["answers_differing_from_chat"] == 0
+        assert run["engine_cumulative"]["media_cache"]["misses"] == 2  # the image and the video, once each
+        if sys.platform == "linux":
+            assert run["cpu_s"]["server"] > 0 and run["cpu_s"]["clients"] > 0
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "serve.png").exists()

@@ -1,10 +1,13 @@
 """The CPU decode kernel alone (vllama_jax/kernels/matvec.cc): one decode step's products, timed.
 
-    python -m benchmarks.decode_kernel [--sources A.cc B.cc ...] [--rows 1 8 16] [--repeats 7] [--out DIR] [--quick]
+    python -m benchmarks.decode_kernel [--sources A.cc B.cc ...] [--rows 1 8 16] [--layout packed|rows]
+                                       [--repeats 7] [--out DIR] [--quick]
 
 One pass = every product of a decode step of the 374M Qwen2-shaped decoder of the `decode` case: 24 layers x
 (q/k/v fused 1024 x 1536, o 1024 x 1024, gate/up fused 1024 x 6144, down 3072 x 1024) + the LM head
-(1024 x 32000), the layers' weights stacked and read in place by index as the unrolled decode reads them.
+(1024 x 32000), the layers' weights stacked and read in place by index. `--layout packed` (the default: what
+the CPU's decode reads, layers/packed.py) holds each weight in 32-column strips for `vj_matvec_packed_*`;
+`--layout rows` the (in, out) weights for `vj_matvec_*`.
 For each batch size (`--rows`) and weight type (float32; int8 with per-channel scales), one jitted pass per
 kernel source, the sources timed in turn run by run (so the machine's load hits them alike), best of
 `--repeats`. Reports ms per pass, GB/s of weights read and GFLOP/s, and whether every source's outputs are
@@ -32,40 +35,55 @@ LAYER_SHAPES = ((1024, 1536), (1024, 1024), (1024, 6144), (3072, 1024))
 LAYERS, HIDDEN, VOCAB = 24, 1024, 32000
 
 
-def register(sources):
-    """Compile and register each source's two kernels as `<name>_<i>`; returns the target suffixes."""
+KERNELS = ("vj_matvec_f32", "vj_matvec_s8", "vj_matvec_packed_f32", "vj_matvec_packed_s8")
+
+
+def register(sources, layout: str = "packed"):
+    """Compile and register each source's kernels as `<name>_<i>`; returns the target suffixes."""
     for i, src in enumerate(sources):
         lib = ctypes.cdll.LoadLibrary(kernels._build(src))
-        for name in ("vj_matvec_f32", "vj_matvec_s8"):
-            jax.ffi.register_ffi_target(f"{name}_{i}", jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+        if layout == "packed" and not hasattr(lib, "vj_matvec_packed_f32"):
+            raise SystemExit(f"{src} has no packed kernels: compare it with --layout rows")
+        for name in KERNELS:
+            if hasattr(lib, name):
+                jax.ffi.register_ffi_target(f"{name}_{i}", jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return list(range(len(sources)))
 
 
-def matvec(i, x, w, layer, scale=None):
-    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[-1]), jnp.float32)
+def matvec(i, x, w, layer, scale=None, packed: bool = False):
+    n = w.shape[-3] * w.shape[-1] if packed else w.shape[-1]
+    out = jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32)
+    name = "vj_matvec_packed" if packed else "vj_matvec"
     if scale is None:
-        return jax.ffi.ffi_call(f"vj_matvec_f32_{i}", out)(x, w, layer=np.int64(layer))
-    return jax.ffi.ffi_call(f"vj_matvec_s8_{i}", out)(x, w, scale, layer=np.int64(layer))
+        return jax.ffi.ffi_call(f"{name}_f32_{i}", out)(x, w, layer=np.int64(layer))
+    return jax.ffi.ffi_call(f"{name}_s8_{i}", out)(x, w, scale, layer=np.int64(layer))
 
 
-def weights(shapes, layers, hidden, vocab, int8: bool, rng):
-    """{shape: stacked (layers, in, out)} and the LM head, float32 or int8 (+ scales of ones)."""
+def weights(shapes, layers, hidden, vocab, int8: bool, rng, packed: bool = False):
+    """{shape: stacked (layers, in, out)} and the LM head, float32 or int8 (+ scales of ones); `packed`: each
+    (in, out) in strips, (layers, out / 32, in, 32), the outputs padded to a multiple of 32."""
     def draw(shape):
+        if packed:
+            shape = shape[:-1] + (-(-shape[-1] // 32) * 32,)
         if int8:
-            return jnp.asarray(rng.integers(-127, 128, shape, dtype=np.int8)), jnp.ones(shape[:-2] + shape[-1:])
-        return jnp.asarray(rng.standard_normal(shape, np.float32)), None
+            w, scale = rng.integers(-127, 128, shape, dtype=np.int8), jnp.ones(shape[:-2] + shape[-1:])
+        else:
+            w, scale = rng.standard_normal(shape, np.float32), None
+        if packed:
+            w = np.ascontiguousarray(w.reshape(shape[:-1] + (shape[-1] // 32, 32)).swapaxes(-3, -2))
+        return jnp.asarray(w), scale
     stacked = {s: draw((layers,) + s) for s in shapes}
     return stacked, draw((hidden, vocab))
 
 
-def one_pass(i, x, stacked, head, layers):
+def one_pass(i, x, stacked, head, layers, packed=False):
     """Every product of a step (inputs of width != hidden are x tiled), each summed to keep it live."""
     outs = []
     for layer in range(layers):
         for shape, (w, scale) in stacked.items():
             xi = x if shape[0] == x.shape[1] else jnp.tile(x, (1, shape[0] // x.shape[1]))
-            outs.append(matvec(i, xi, w, layer, scale).sum(axis=1))
-    outs.append(matvec(i, x, head[0], 0, head[1]).sum(axis=1))
+            outs.append(matvec(i, xi, w, layer, scale, packed).sum(axis=1))
+    outs.append(matvec(i, x, head[0], 0, head[1], packed).sum(axis=1))
     return jnp.stack(outs)
 
 
@@ -96,6 +114,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sources", nargs="+", default=[kernels._SOURCE])
     ap.add_argument("--rows", nargs="+", type=int, default=[1, 8, 16])
+    ap.add_argument("--layout", choices=("packed", "rows"), default="packed")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true")
@@ -106,16 +125,17 @@ def main(argv=None):
     if args.quick:
         shapes, layers, hidden, vocab = ((64, 96), (192, 64)), 2, 64, 500
         args.rows, args.repeats = args.rows[:2], 2
-    ids = register(args.sources)
+    ids = register(args.sources, args.layout)
+    packed = args.layout == "packed"
     rng = np.random.default_rng(0)
     rows = []
     for int8 in (False, True):
-        stacked, head = weights(shapes, layers, hidden, vocab, int8, rng)
+        stacked, head = weights(shapes, layers, hidden, vocab, int8, rng, packed)
         nbytes = sum(w.nbytes for w, _ in stacked.values()) + head[0].nbytes
         params = nbytes // (1 if int8 else 4)
         for m in args.rows:
             x = jnp.asarray(rng.standard_normal((m, hidden), np.float32))
-            fns = [jax.jit(lambda x, i=i: one_pass(i, x, stacked, head, layers)) for i in ids]
+            fns = [jax.jit(lambda x, i=i: one_pass(i, x, stacked, head, layers, packed)) for i in ids]
             outs = [np.asarray(f(x)) for f in fns]  # compiled, and the outputs to compare
             times = {i: [] for i in ids}
             for _ in range(args.repeats):
@@ -123,7 +143,7 @@ def main(argv=None):
                     t0 = time.perf_counter()
                     f(x).block_until_ready()
                     times[i].append(time.perf_counter() - t0)
-            row = {"rows": m, "weights": "int8" if int8 else "float32", "weight_bytes": int(nbytes),
+            row = {"rows": m, "weights": "int8" if int8 else "float32", "layout": args.layout, "weight_bytes": int(nbytes),
                    "bit_identical": all(np.array_equal(outs[0], o) for o in outs[1:]), "sources": []}
             line = f"{m:3d} rows {row['weights']:7s}"
             for i, src in zip(ids, args.sources):

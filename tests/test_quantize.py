@@ -3,7 +3,8 @@ unrolled decode path of the decoder.
 
 - the int8 round trip is within half a quantization step of every weight, per output channel;
 - the decode kernel computes x @ w (float32, and int8 times its scales) as numpy does, for every batch size
-  and any layer of a stacked weight;
+  and any layer of a stacked weight, and on weights packed in column strips (layers/packed.py) for prompts
+  too; packing and its int8 form are exact round trips;
 - generation through the unrolled layers and per-layer caches gives the scanned path's tokens;
 - `vj.load(fixture, quantize="int8")` loads, generates, and its logits on the original's inputs stay within
   2 % of the logits' standard deviation of the original's float32 outputs (the issue's bound, as an RMS error).
@@ -18,7 +19,9 @@ import vllama_jax
 from vllama_jax import kernels
 from vllama_jax.config import TINY_DECODERS
 from vllama_jax.generate import generate_from_embeds
-from vllama_jax.models.decoder import Decoder, fuse_projections, init_cache, split_layers, stack_layers
+from vllama_jax.layers.linear import matmul
+from vllama_jax.layers.packed import Packed, pack, quantize_packed, unpack
+from vllama_jax.models.decoder import Decoder, fuse_projections, init_cache, pack_kernels, split_layers, stack_layers
 from vllama_jax.quantize import QArray, dequantize, is_quantized, quantize_int8, quantize_params
 
 from conftest import FIXTURES
@@ -80,6 +83,31 @@ def test_decode_kernel_matches_numpy(m, k, n):
 
 
 @pytest.mark.skipif(not kernels.usable(jnp.zeros((), jnp.float32)), reason="no C++ compiler for the CPU kernel")
+@pytest.mark.skipif(not kernels.usable(jnp.zeros((), jnp.float32)), reason="no C++ compiler for the CPU kernel")
+@pytest.mark.parametrize("m", [1, 3, 8, 11, 200])  # 200: a prompt, in groups of 8 over blocks of K
+@pytest.mark.parametrize("k, n", [(70, 150), (37, 2063), (3000, 40)])  # N % 32: padded strips
+def test_packed_kernel_matches_numpy(m, k, n):
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / k ** 0.5).astype(np.float32)  # a layer's scale: outputs ~ N(0, 1)
+    for host in (True, False):  # packed from numpy (loading) and from a device array
+        p = pack(w if host else jnp.asarray(w))
+        assert p.shape == (k, n) and p.values.shape == (-(-n // 32), k, 32)
+        np.testing.assert_array_equal(np.asarray(unpack(p)), w)
+        got = np.asarray(jax.jit(lambda x, p: matmul(x, p, jnp.float32))(x, p))
+        np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
+    q = quantize_packed(pack(jnp.asarray(w)))
+    want_q = quantize_int8(w)
+    np.testing.assert_array_equal(np.asarray(unpack(q).values), np.asarray(want_q.values))
+    np.testing.assert_array_equal(np.asarray(unpack(q).scale), np.asarray(want_q.scale))
+    got = np.asarray(jax.jit(lambda x, q: matmul(x, q, jnp.float32))(x, q))
+    want = x.astype(np.float64) @ np.asarray(dequantize(want_q)).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    # Where the kernel does not run (another dtype) the weight is unpacked for XLA's dot.
+    got = np.asarray(matmul(jnp.asarray(x, jnp.bfloat16), p, jnp.bfloat16), np.float32)
+    np.testing.assert_allclose(got, x @ w, rtol=0.05, atol=0.5)
+
+
 def test_int8_products_of_up_to_128_rows_take_the_kernel():
     # Float32 weights leave the kernel above 32 rows (GEMM), int8 ones above 128 (a prompt's product): the
     # kernel converts the int8 weights in cache, where the other road first writes a float32 copy.
@@ -127,11 +155,14 @@ def test_unrolled_decode_equals_scanned(family):
     # one product (fuse_projections), every call unrolled, the full forward too.
     split = split_layers(params)
     fused = fuse_projections(split)
+    packed = pack_kernels(fused)  # the CPU's layout: every Dense kernel in column strips (layers/packed.py)
+    assert isinstance(packed["layers"][0]["self_attn"]["o_proj"]["kernel"], Packed)
+    assert isinstance(packed["lm_head"]["kernel"], Packed)
     attn = fused["layers"][0]["self_attn"]
     assert "qkv_proj" in attn and "q_proj" not in attn and ("bias" in attn["qkv_proj"]) == cfg.attention_bias
     assert ("gate_up_proj" in fused["layers"][0].get("mlp", {})) == (family != "mixtral")
     full = Decoder(cfg).apply({"params": params}, ids, attention_mask=mask)[0]
-    for p in (split, fused):
+    for p in (split, fused, packed):
         np.testing.assert_array_equal(_generate(cfg, p, ids, mask, per_layer=True), scanned)
         np.testing.assert_allclose(Decoder(cfg).apply({"params": p}, ids, attention_mask=mask)[0], full,
                                    rtol=1e-5, atol=1e-5)
@@ -159,6 +190,13 @@ def test_unrolled_decode_equals_scanned(family):
     np.testing.assert_array_equal(_generate(cfg, qf, ids, mask, per_layer=True),
                                   _generate(cfg, q, ids, mask, per_layer=False))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(stack_layers(qf)),
+                                                    jax.tree_util.tree_leaves(q)))
+    # Packed then quantized (`load(quantize="int8")` on the CPU): the same int8 values and scales again.
+    qp = quantize_params(packed, part="decoder")
+    assert isinstance(qp["layers"][0]["self_attn"]["qkv_proj"]["kernel"], Packed) and is_quantized(qp)
+    np.testing.assert_array_equal(_generate(cfg, qp, ids, mask, per_layer=True),
+                                  _generate(cfg, q, ids, mask, per_layer=False))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(stack_layers(qp)),
                                                     jax.tree_util.tree_leaves(q)))
 
 

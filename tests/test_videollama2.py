@@ -80,8 +80,8 @@ def _dump_in_layout(d, inputs, layout):
     from vllama_jax.dump import dump_videollama2
     model = vllama_jax.load(str(d), decode_layout=layout)
     layers = model.params["decoder"]["layers"]
-    assert isinstance(layers, tuple) == (layout == "split")
-    if layout == "split":  # and each layer's q/k/v and gate/up fused (decoder.fuse_projections)
+    assert isinstance(layers, tuple) == (layout in ("split", "packed"))
+    if layout in ("split", "packed"):  # and each layer's q/k/v and gate/up fused (decoder.fuse_projections)
         assert "qkv_proj" in layers[0]["self_attn"] and "gate_up_proj" in layers[0]["mlp"]
     with jax.default_matmul_precision("highest"):
         return model, dump_videollama2(model, inputs, greedy=8)

@@ -25,7 +25,7 @@ from vllama_jax import config as C
 from vllama_jax.checkpoints.export import save_videollama2
 from vllama_jax.generate import check_context, generate_from_embeds
 from vllama_jax.models.decoder import decode_layout as default_decode_layout
-from vllama_jax.models.decoder import fuse_projections, init_cache, split_layers, stack_layers
+from vllama_jax.models.decoder import fuse_projections, init_cache, pack_kernels, split_layers, stack_layers
 from vllama_jax.models.sequence import media_tokens
 from vllama_jax.models.videollama2 import VideoLLaMA2
 from vllama_jax.preprocess.audio import audio_features
@@ -108,8 +108,10 @@ class VideoLLaMA2Model:
         how the decoder's layers are held for generation (models/decoder.py; default: this backend's)."""
         self.config = config
         self.decode_layout = decode_layout or default_decode_layout(dtype)
-        if self.decode_layout == "split":
+        if self.decode_layout in ("split", "packed"):
             params = {**params, "decoder": fuse_projections(split_layers(params["decoder"]))}
+        if self.decode_layout == "packed":
+            params = {**params, "decoder": pack_kernels(params["decoder"])}
         self.params = params
         self.tokenizer = tokenizer
         self.processor = processor

@@ -38,7 +38,7 @@ from vllama_jax.checkpoints.lora import is_lora_folder, merge_lora_folder
 from vllama_jax.checkpoints.release import AUDIO_PREFIX, read_release
 from vllama_jax.inference import VideoLLaMA2Model, enable_compilation_cache
 from vllama_jax.models.beats import BEATs, load_beats
-from vllama_jax.models.decoder import DECODE_LAYOUTS, Decoder, fuse_projections, hf_key_map, split_layers
+from vllama_jax.models.decoder import DECODE_LAYOUTS, Decoder, fuse_projections, hf_key_map, pack_kernels, split_layers
 from vllama_jax.models.decoder import decode_layout as default_decode_layout
 from vllama_jax.models.sequence import dummy_batch, video_tokens
 from vllama_jax.models.videollama2 import VideoLLaMA2
@@ -224,8 +224,8 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
             log.warning("no image processor for %s (%s)", ckpt.vision_folder or cfg.vision_tower_name, e)
     layout = _decode_layout(decode_layout, dtype)
     params = dict(ckpt.params)
-    if layout == "split":
-        params["decoder"] = _split_and_fuse(params["decoder"], dtype)
+    if layout in ("split", "packed"):
+        params["decoder"] = _split_and_fuse(params["decoder"], dtype, pack=layout == "packed")
     params = _as_jax(params, dtype)
     if quantize is not None:
         params = quantize_params(params, quantize)
@@ -233,11 +233,13 @@ def load_videollama2(path: str, dtype=jnp.float32, num_frames: Optional[int] = N
                             unused=ckpt.unused, vision_folder=ckpt.vision_folder, decode_layout=layout)
 
 
-def _split_and_fuse(decoder, dtype):
+def _split_and_fuse(decoder, dtype, pack: bool = False):
     """A checkpoint's decoder params (numpy) in the "split" decode layout: the layers split into numpy views,
     each layer's projections fused on the host and moved to the device at once (one layer's copy at a
-    time on either side)."""
-    return fuse_projections(split_layers(decoder), place=lambda layer: _as_jax(layer, dtype))
+    time on either side). `pack`: the "packed" layout, each layer's kernels packed on the host too."""
+    if not pack:
+        return fuse_projections(split_layers(decoder), place=lambda layer: _as_jax(layer, dtype))
+    return pack_kernels(fuse_projections(split_layers(decoder)), place=lambda layer: _as_jax(layer, dtype))
 
 
 def _decode_layout(layout: Optional[str], dtype) -> str:
@@ -280,8 +282,9 @@ def load(path: str, dtype=jnp.float32, quantize: Optional[str] = None, decode_la
         cfg = C.DecoderConfig.from_hf_config(raw)
         module = decoder_module(cfg, dtype)
         params = decoder_params(cfg, read_state_dict(path), path, module)
-        if _decode_layout(decode_layout, dtype) == "split":
-            params = _split_and_fuse(params, dtype)
+        layout = _decode_layout(decode_layout, dtype)
+        if layout in ("split", "packed"):
+            params = _split_and_fuse(params, dtype, pack=layout == "packed")
         params = _as_jax(params, dtype)
         if quantize is not None:
             params = quantize_params(params, quantize, part="decoder")

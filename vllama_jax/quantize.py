@@ -77,14 +77,19 @@ def quantize_decoder(params, mode: str = "int8"):
     if mode not in MODES:
         raise ValueError(f"quantize='{mode}' is not supported; expected one of {MODES}")
 
+    from vllama_jax.layers.packed import Packed, quantize_packed  # (it builds on this module)
+
     def convert(key_path, w):
         path = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+        if isinstance(w, Packed):  # the CPU's packed decode layout: quantized in place, still packed
+            return _quantize_packed_jit(w) if w.scale is None and _decoder_kernel(path) else w
         if _decoder_kernel(path) and np.ndim(w) >= 2 and not isinstance(w, QArray):
             return _quantize_int8_jit(w)  # one kernel (or layer stack) at a time: peak memory ~ its float32
         return w
 
+    _quantize_packed_jit = jax.jit(quantize_packed)
     # Paths through dicts and, for split layers (models/decoder.py `split_layers`), the per-layer tuple.
-    return jax.tree_util.tree_map_with_path(convert, params, is_leaf=lambda x: isinstance(x, QArray))
+    return jax.tree_util.tree_map_with_path(convert, params, is_leaf=lambda x: isinstance(x, (QArray, Packed)))
 
 
 def quantize_params(params, mode: str = "int8", part: str = "videollama2"):
@@ -96,7 +101,10 @@ def quantize_params(params, mode: str = "int8", part: str = "videollama2"):
 
 
 def is_quantized(params) -> bool:
-    return any(isinstance(x, QArray) for x in jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, QArray)))
+    from vllama_jax.layers.packed import Packed
+
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, (QArray, Packed)))
+    return any(isinstance(x, QArray) or (isinstance(x, Packed) and x.scale is not None) for x in leaves)
 
 
 def weight_bytes(params) -> int:

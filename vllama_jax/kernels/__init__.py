@@ -1,10 +1,12 @@
 """CPU kernels, built on first use and called through XLA's FFI.
 
     matvec(x (M, K) f32, w (L, K, N) or (K, N), layer, scale=None (L, N) or (N,)) -> (M, N) f32   (matvec.cc)
+    matvec_packed(x (M, K) f32, w (S, K, 32), scale=None (32 S,)) -> (M, 32 S) f32          (matvec.cc)
     gemm(a, b, trans_a=False, trans_b=False) -> op(a) (..., M, K) @ op(b) (..., K, N), f32        (gemm.cc)
 
 matvec: the decode steps' memory-bound products (a few rows); `w` float32, or int8 with a
-per-output-channel `scale`; `layer` picks the matrix of a stacked weight in place. gemm: the large
+per-output-channel `scale`; `layer` picks the matrix of a stacked weight in place. matvec_packed: the same
+on a weight packed in column strips (layers/packed.py), the CPU's decode layout. gemm: the large
 products of prefill and training, handed to the sgemm of the OpenBLAS that numpy ships (faster than
 XLA:CPU's own GEMM: gemm.cc); `trans_a` / `trans_b` read an operand stored transposed, as the gradients'
 products need.
@@ -13,7 +15,8 @@ products need.
 (`$CXX`, else g++ or c++) and XLA's FFI headers (shipped with jaxlib); gemm also numpy's OpenBLAS. Each
 source is compiled once per machine with -march=native (it runs where it is built) into
 `$VLLAMA_JAX_CACHE/kernels/` (default ~/.cache/vllama_jax/kernels) and registered as the custom calls
-`vj_matvec_f32` / `vj_matvec_s8` / `vj_gemm_f32` for the CPU platform.
+`vj_matvec_f32` / `vj_matvec_s8` / `vj_matvec_packed_f32` / `vj_matvec_packed_s8` / `vj_gemm_f32` for the
+CPU platform.
 
 Callers keep an XLA fallback (layers/linear.py): without a compiler everything still runs, only slower;
 `VLLAMA_JAX_KERNELS=0` turns the kernels off, `VLLAMA_JAX_BLAS=0` the sgemm alone. The custom calls have no gradient of their own: matvec is
@@ -106,7 +109,7 @@ def _set_up_once(state: dict, what: str, switches, set_up) -> bool:
 
 def _register_matvec() -> dict:
     lib = ctypes.cdll.LoadLibrary(_build())
-    for name in ("vj_matvec_f32", "vj_matvec_s8"):
+    for name in ("vj_matvec_f32", "vj_matvec_s8", "vj_matvec_packed_f32", "vj_matvec_packed_s8"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return {"lib": lib}
 
@@ -169,3 +172,11 @@ def matvec(x, w, layer: int = 0, scale=None):
     if scale is None:
         return jax.ffi.ffi_call("vj_matvec_f32", out)(x, w, layer=np.int64(layer))
     return jax.ffi.ffi_call("vj_matvec_s8", out)(x, w, scale.astype(jnp.float32), layer=np.int64(layer))
+
+
+def matvec_packed(x, w, scale=None):
+    """x (M, K) f32 @ a packed weight w (S, K, 32) (f32, or int8 times `scale` (32 S,)) -> (M, 32 S) f32."""
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[-3] * w.shape[-1]), jnp.float32)
+    if scale is None:
+        return jax.ffi.ffi_call("vj_matvec_packed_f32", out)(x, w, layer=np.int64(0))
+    return jax.ffi.ffi_call("vj_matvec_packed_s8", out)(x, w, scale.astype(jnp.float32), layer=np.int64(0))

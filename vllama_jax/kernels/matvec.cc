@@ -4,6 +4,11 @@
 //   vj_matvec_s8:   x (M, K) f32, w (..., K, N) int8, scale (..., N) f32 -> y (M, N) f32
 //                   y[m, n] = scale[n] * sum_k x[m, k] * w[k, n]   (int8 weights, per-output-channel scale)
 //
+//   vj_matvec_packed_f32:  x (M, K) f32, w (..., S, K, 32) f32                      -> y (M, 32 S) f32
+//   vj_matvec_packed_s8:   x (M, K) f32, w (..., S, K, 32) int8, scale (..., 32 S) f32 -> y (M, 32 S) f32
+//                   the same products on weights packed in strips (layers/packed.py): strip s holds columns
+//                   [32 s, 32 s + 32) of all K rows, row after row, so a strip is one contiguous run of memory
+//
 // Attribute `layer` (int64): which (K, N) matrix of a stacked (L, K, N) weight to use, by offset, so a
 // decoder's stacked layer weights are read in place (an XLA slice of them would be a copy per step).
 //
@@ -11,9 +16,13 @@
 // about half the memory bandwidth there and its int8 -> f32 convert + dot is slower than float32. This
 // kernel streams the weights once, in contiguous row blocks, on XLA's own intra-op thread pool.
 //
-// Work split: the K rows are cut into C blocks (contiguous memory); block c accumulates its partial
-// product into its own (M, N) buffer; the C partials are then summed in block order (in parallel over
-// N). Which thread runs which block does not change any sum, so results are deterministic.
+// Work split (row-major weights): the K rows are cut into C blocks (contiguous memory); block c accumulates
+// its partial product into its own (M, N) buffer; the C partials are then summed in block order (in
+// parallel over N). Which thread runs which block does not change any sum, so results are deterministic.
+// Packed weights: each task takes whole strips and sums every k of a strip in order, in registers; each
+// thread reads one contiguous stream, which the hardware prefetcher follows at the memory's full rate (the
+// row-major loop reads a chunk's rows as many interleaved streams: a 374M decode step's products 35 ->
+// 27 ms at 1 row, 42 -> 32 ms at 8, AVX-512 VM, 2026-11-28).
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -273,6 +282,106 @@ ffi::Error MatVec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer 
   return ffi::Error::Success();
 }
 
+// --- packed weights -----------------------------------------------------------------------------------
+
+constexpr int64_t kStrip = 32;  // columns per strip (two AVX-512 registers of floats)
+
+// y[:MB, 0:32] (+)= x[:MB, k0:k1] @ p[k0:k1, 0:32] for one strip p (K, 32): the MB x 32 sums stay in
+// registers over all the rows (`add`: start from y instead of zero).
+template <int MB, typename W>
+inline void PackedStrip(const float* __restrict x, int64_t K, const W* __restrict p, int64_t k0, int64_t k1,
+                        float* __restrict y, int64_t ldy, bool add) {
+#ifdef __AVX512F__
+  __m512 a0[MB], a1[MB];
+  for (int m = 0; m < MB; ++m) {
+    a0[m] = add ? _mm512_loadu_ps(y + m * ldy) : _mm512_setzero_ps();
+    a1[m] = add ? _mm512_loadu_ps(y + m * ldy + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const W* row = p + k * kStrip;
+    const __m512 w0 = LoadW(row, 0), w1 = LoadW(row, 16);
+    for (int m = 0; m < MB; ++m) {
+      const __m512 c = _mm512_set1_ps(x[m * K + k]);
+      a0[m] = _mm512_fmadd_ps(c, w0, a0[m]);
+      a1[m] = _mm512_fmadd_ps(c, w1, a1[m]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    _mm512_storeu_ps(y + m * ldy, a0[m]);
+    _mm512_storeu_ps(y + m * ldy + 16, a1[m]);
+  }
+#else
+  // The compiler vectorises the 32 lanes (AVX2: four registers a row of x).
+  float a[MB][kStrip];
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < kStrip; ++j) a[m][j] = add ? y[m * ldy + j] : 0.0f;
+  for (int64_t k = k0; k < k1; ++k) {
+    const W* __restrict row = p + k * kStrip;
+    for (int m = 0; m < MB; ++m) {
+      const float c = x[m * K + k];
+#pragma GCC ivdep
+      for (int j = 0; j < kStrip; ++j) a[m][j] += c * AsFloat(row[j]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < kStrip; ++j) y[m * ldy + j] = a[m][j];
+#endif
+}
+
+template <typename W>
+void PackedGroup(int64_t mb, const float* x, int64_t K, const W* p, int64_t k0, int64_t k1, float* y, int64_t ldy,
+                 bool add) {
+  switch (mb) {
+    case 1: PackedStrip<1>(x, K, p, k0, k1, y, ldy, add); break;
+    case 2: PackedStrip<2>(x, K, p, k0, k1, y, ldy, add); break;
+    case 3: PackedStrip<3>(x, K, p, k0, k1, y, ldy, add); break;
+    case 4: PackedStrip<4>(x, K, p, k0, k1, y, ldy, add); break;
+    case 5: PackedStrip<5>(x, K, p, k0, k1, y, ldy, add); break;
+    case 6: PackedStrip<6>(x, K, p, k0, k1, y, ldy, add); break;
+    case 7: PackedStrip<7>(x, K, p, k0, k1, y, ldy, add); break;
+    default: PackedStrip<8>(x, K, p, k0, k1, y, ldy, add); break;
+  }
+}
+
+template <typename W>
+ffi::Error MatVecPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, const float* scale,
+                        ffi::ResultBuffer<ffi::F32> y, int64_t layer) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() < 3 || wd[wd.size() - 1] != kStrip)
+    return ffi::Error::InvalidArgument("vj_matvec_packed: x (M, K), w (..., S, K, 32)");
+  const int64_t M = xd[0], K = xd[1], S = wd[wd.size() - 3], N = S * kStrip;
+  if (wd[wd.size() - 2] != K) return ffi::Error::InvalidArgument("vj_matvec_packed: x and w disagree on K");
+  int64_t layers = 1;
+  for (size_t i = 0; i + 3 < wd.size(); ++i) layers *= wd[i];
+  if (layer < 0 || layer >= layers) return ffi::Error::InvalidArgument("vj_matvec_packed: layer out of range");
+  const W* wl = reinterpret_cast<const W*>(w.untyped_data()) + layer * N * K;
+  const float* sl = scale == nullptr ? nullptr : scale + layer * N;
+  const float* xp = x.typed_data();
+  float* out = y->typed_data();
+  // More than 8 rows of x: each group of 8 reads the strip again, so walk K in blocks of ~256 KiB of a
+  // strip, re-read from L2 by the groups after the first.
+  const int64_t kblock = M <= 8 ? K : std::max<int64_t>(64, (256 << 10) / (kStrip * static_cast<int64_t>(sizeof(W))));
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t per_task = std::max<int64_t>(1, S / (4 * threads));  // a few tasks per thread
+  const int64_t tasks = (S + per_task - 1) / per_task;
+  ParallelFor(pool, tasks, [&](int64_t t) {
+    for (int64_t s = t * per_task; s < std::min(S, (t + 1) * per_task); ++s) {
+      const W* p = wl + s * K * kStrip;
+      for (int64_t k0 = 0; k0 < K; k0 += kblock) {
+        const int64_t k1 = std::min(K, k0 + kblock);
+        for (int64_t m0 = 0; m0 < M; m0 += 8)
+          PackedGroup<W>(std::min<int64_t>(8, M - m0), xp + m0 * K, K, p, k0, k1, out + m0 * N + s * kStrip, N,
+                         k0 > 0);
+      }
+      if (sl != nullptr)
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t j = 0; j < kStrip; ++j) out[m * N + s * kStrip + j] *= sl[s * kStrip + j];
+    }
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error MatVecF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w,
                      ffi::ResultBuffer<ffi::F32> y, int64_t layer) {
   if (w.element_type() != ffi::F32) return ffi::Error::InvalidArgument("vj_matvec_f32: w must be float32");
@@ -285,21 +394,29 @@ ffi::Error MatVecS8(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffe
   return MatVec<int8_t>(pool, x, w, scale.typed_data(), y, layer);
 }
 
+ffi::Error PackedF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w,
+                     ffi::ResultBuffer<ffi::F32> y, int64_t layer) {
+  if (w.element_type() != ffi::F32) return ffi::Error::InvalidArgument("vj_matvec_packed_f32: w must be float32");
+  return MatVecPacked<float>(pool, x, w, nullptr, y, layer);
+}
+
+ffi::Error PackedS8(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> scale,
+                    ffi::ResultBuffer<ffi::F32> y, int64_t layer) {
+  if (w.element_type() != ffi::S8) return ffi::Error::InvalidArgument("vj_matvec_packed_s8: w must be int8");
+  return MatVecPacked<int8_t>(pool, x, w, scale.typed_data(), y, layer);
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_f32, MatVecF32,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("layer"));
+// The two signatures: float32 weights; int8 weights and their per-column scales.
+#define VJ_BIND_F32                                                                                          \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::AnyBuffer>()               \
+      .Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("layer")
+#define VJ_BIND_S8                                                                                           \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::AnyBuffer>()               \
+      .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("layer")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_s8, MatVecS8,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("layer"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_f32, MatVecF32, VJ_BIND_F32);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_s8, MatVecS8, VJ_BIND_S8);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_packed_f32, PackedF32, VJ_BIND_F32);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(vj_matvec_packed_s8, PackedS8, VJ_BIND_S8);

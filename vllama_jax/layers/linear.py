@@ -5,10 +5,11 @@ checkpoint key maps do that transpose when loading.
 
 Besides a plain array, the `kernel` param may be
     QArray     int8 values (in, out) + float32 scale (out,) (quantize.py): x @ values * scale
+    Packed     a float32 or int8 kernel in column strips (layers/packed.py), the CPU's decode layout
     LayerRef   layer `index` of a stacked (layers, in, out) weight (plain or QArray), as the unrolled decode
                path of models/decoder.py passes it, so the layer is read in place instead of sliced (copied).
 `matmul` picks how: the CPU decode kernel (kernels/) for a few rows (decode steps), else `dot` on the
-weight (dequantized / sliced when it has to be). `dot` in turn hands a float32 product of many rows on a
+weight (unpacked / dequantized / sliced when it has to be). `dot` in turn hands a float32 product of many rows on a
 single CPU device to BLAS's sgemm (layers/blas.py).
 """
 from typing import Any, Callable, Tuple
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 
 from vllama_jax import kernels
 from vllama_jax.layers import blas
+from vllama_jax.layers.packed import Packed, unpack
 from vllama_jax.quantize import QArray
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)  # transformers' `initializer_range` default
@@ -71,11 +73,19 @@ class LayerRef:
 
 
 def matmul(x, kernel, dtype):
-    """x (..., in) @ kernel (in, out) in `dtype`; `kernel` an array, a QArray or a LayerRef."""
+    """x (..., in) @ kernel (in, out) in `dtype`; `kernel` an array, a QArray, a Packed or a LayerRef."""
     rows = 1
     for d in x.shape[:-1]:
         rows *= d
     stacked, index = (kernel.stacked, kernel.index) if isinstance(kernel, LayerRef) else (kernel, 0)
+    if isinstance(stacked, Packed):
+        # Any number of rows: on packed strips the kernel is a register-blocked product that also beat
+        # the GEMMs on prompts (AVX-512 VM, 1024 x 6144 weight, 512 rows: 13.4 ms against XLA's 14.4 and
+        # OpenBLAS's 26.0). No gradient: the packed layout is for inference (training holds the stack).
+        if dtype == jnp.float32 and kernels.usable(x.astype(dtype)):
+            y = kernels.matvec_packed(x.reshape(rows, x.shape[-1]).astype(jnp.float32), stacked.values, stacked.scale)
+            return y[:, :stacked.n].reshape(x.shape[:-1] + (stacked.n,))
+        kernel = stacked = unpack(stacked)  # no kernel here (another dtype): back to (in, out)
     max_rows = INT8_KERNEL_MAX_ROWS if isinstance(stacked, QArray) else KERNEL_MAX_ROWS
     if isinstance(kernel, (QArray, LayerRef)) and rows <= max_rows and dtype == jnp.float32 \
             and kernels.usable(x.astype(dtype)):

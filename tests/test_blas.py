@@ -14,6 +14,30 @@ pytestmark = pytest.mark.skipif(not (jax.default_backend() == "cpu" and kernels.
                                 reason="BLAS road needs the CPU backend, a C++ compiler and numpy's OpenBLAS")
 
 
+@pytest.fixture(autouse=True)
+def blas_taken(monkeypatch):
+    """These tests check the BLAS road itself, so they take it even on a CPU where XLA's GEMM is preferred
+    (numpy's OpenBLAS on AVX2 kernels of an AVX-512 CPU: `test_blas_left_out_where_it_is_slower`)."""
+    monkeypatch.setenv("VLLAMA_JAX_BLAS", "1")
+
+
+def test_blas_left_out_where_it_is_slower(monkeypatch):
+    monkeypatch.delenv("VLLAMA_JAX_BLAS")
+    x = jnp.zeros((2, 2), jnp.float32)
+    monkeypatch.setitem(kernels._gemm_state, "preferred", False)
+    assert not kernels.gemm_usable(x)
+    monkeypatch.setenv("VLLAMA_JAX_BLAS", "1")
+    assert kernels.gemm_usable(x)
+    monkeypatch.delenv("VLLAMA_JAX_BLAS")
+    monkeypatch.setitem(kernels._gemm_state, "preferred", True)
+    assert kernels.gemm_usable(x)
+    # The rule: an AVX-512 CPU with OpenBLAS on another core's kernels.
+    monkeypatch.setattr(kernels, "_cpu_has_avx512", lambda: True)
+    assert kernels._blas_preferred("Haswell") is False and kernels._blas_preferred("SkylakeX") is True
+    monkeypatch.setattr(kernels, "_cpu_has_avx512", lambda: False)
+    assert kernels._blas_preferred("Haswell") is True
+
+
 def _op(x, trans):
     return np.swapaxes(x, -1, -2) if trans else x
 

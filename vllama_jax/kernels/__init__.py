@@ -19,8 +19,11 @@ source is compiled once per machine with -march=native (it runs where it is buil
 CPU platform.
 
 Callers keep an XLA fallback (layers/linear.py): without a compiler everything still runs, only slower;
-`VLLAMA_JAX_KERNELS=0` turns the kernels off, `VLLAMA_JAX_BLAS=0` the sgemm alone. The custom calls have no gradient of their own: matvec is
-used for inference only (decode steps); linear.py gives gemm its gradient as two more gemm calls.
+`VLLAMA_JAX_KERNELS=0` turns the kernels off, `VLLAMA_JAX_BLAS=0` the sgemm alone (it is also left out where
+numpy's OpenBLAS runs AVX2 kernels on an AVX-512 CPU, XLA's GEMM being faster there; `VLLAMA_JAX_BLAS=1`
+takes it anyway). The custom calls have no
+gradient of their own: matvec is used for inference only (decode steps; matvec_packed for every product of
+the packed decode layout, prompts included); linear.py gives gemm its gradient as two more gemm calls.
 """
 from __future__ import annotations
 
@@ -131,12 +134,50 @@ def _numpy_sgemm():
     raise RuntimeError(f"no 64-bit-integer OpenBLAS in {libs} (numpy built against another BLAS)")
 
 
+# OpenBLAS cores with AVX-512 kernels (its DYNAMIC_ARCH names, lower case).
+_AVX512_BLAS_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def _blas_core(blas) -> str:
+    for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+        if hasattr(blas, symbol):
+            fn = getattr(blas, symbol)
+            fn.restype = ctypes.c_char_p
+            return (fn() or b"").decode()
+    return ""
+
+
+def _blas_preferred(core: str) -> bool:
+    """Whether OpenBLAS on its `core` kernels is the faster GEMM here (see `_register_gemm`)."""
+    return not (_cpu_has_avx512() and bool(core) and core.lower() not in _AVX512_BLAS_CORES)
+
+
 def _register_gemm() -> dict:
     blas, sgemm = _numpy_sgemm()
+    core = _blas_core(blas)
+    # Where OpenBLAS did not recognise an AVX-512 CPU (a Zen 5 runs its "Haswell" kernels) it has half the
+    # vector width of XLA's own GEMM, which was faster there (AVX-512 VM, 2026-11-28: a 16-frame video's
+    # prefill 2.6 s against 3.7 s through BLAS, a fine-tune step 9.9 against 12.9 s): the call is set up
+    # (tests, VLLAMA_JAX_BLAS=1) but not preferred.
+    preferred = _blas_preferred(core)
+    if not preferred:
+        log.info("numpy's OpenBLAS runs its %s kernels on this AVX-512 CPU: large products stay with XLA "
+                 "(VLLAMA_JAX_BLAS=1 sends them to BLAS anyway)", core)
     lib = ctypes.cdll.LoadLibrary(_build(_GEMM_SOURCE))
     lib.vj_gemm_set_sgemm(sgemm)
     jax.ffi.register_ffi_target("vj_gemm_f32", jax.ffi.pycapsule(lib.vj_gemm_f32), platform="cpu")
-    return {"lib": lib, "blas": blas}
+    return {"lib": lib, "blas": blas, "core": core, "preferred": preferred}
 
 
 def gemm_available() -> bool:
@@ -146,9 +187,11 @@ def gemm_available() -> bool:
 
 def gemm_usable(x) -> bool:
     """Whether `gemm` may run here: a single CPU device (a custom call is not partitioned: across devices
-    XLA would gather its operands), float32, the call set up."""
+    XLA would gather its operands), float32, the call set up, and its BLAS the faster GEMM on this CPU
+    (or VLLAMA_JAX_BLAS=1)."""
     return (jax.default_backend() == "cpu" and jax.device_count() == 1 and x.dtype == jnp.float32
-            and gemm_available())
+            and gemm_available()
+            and (_gemm_state.get("preferred", True) or os.environ.get("VLLAMA_JAX_BLAS") == "1"))
 
 
 def gemm(a, b, trans_a: bool = False, trans_b: bool = False):

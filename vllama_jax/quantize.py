@@ -67,8 +67,10 @@ def dequantize(q: QArray, dtype=jnp.float32):
     return (q.values.astype(jnp.float32) * q.scale[..., None, :]).astype(dtype)
 
 
-def _decoder_kernel(path) -> bool:
-    # A Dense kernel, but not the Mixtral router (block_sparse_moe/gate/kernel).
+def is_decoder_kernel(key_path) -> bool:
+    """Whether a jax key path names a decoder Dense kernel: what int8 quantizes and the packed decode layout
+    packs (models/decoder.py), but not the Mixtral router (block_sparse_moe/gate/kernel)."""
+    path = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
     return path[-1] == "kernel" and not (len(path) >= 2 and path[-2] == "gate" and "block_sparse_moe" in path)
 
 
@@ -80,10 +82,9 @@ def quantize_decoder(params, mode: str = "int8"):
     from vllama_jax.layers.packed import Packed, quantize_packed  # (it builds on this module)
 
     def convert(key_path, w):
-        path = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
         if isinstance(w, Packed):  # the CPU's packed decode layout: quantized in place, still packed
-            return _quantize_packed_jit(w) if w.scale is None and _decoder_kernel(path) else w
-        if _decoder_kernel(path) and np.ndim(w) >= 2 and not isinstance(w, QArray):
+            return _quantize_packed_jit(w) if w.scale is None and is_decoder_kernel(key_path) else w
+        if is_decoder_kernel(key_path) and np.ndim(w) >= 2 and not isinstance(w, QArray):
             return _quantize_int8_jit(w)  # one kernel (or layer stack) at a time: peak memory ~ its float32
         return w
 

@@ -53,7 +53,7 @@ from vllama_jax.layers.mlp import GatedMLP
 from vllama_jax.layers.moe import SparseMoE, load_balancing_loss
 from vllama_jax.layers.norms import RMSNorm
 from vllama_jax.layers.remat import remat
-from vllama_jax.quantize import QArray
+from vllama_jax.quantize import QArray, is_decoder_kernel
 
 # Logical names of an activation at a block boundary, mapped to the mesh by sharding.LOGICAL_AXIS_RULES.
 ACTIVATION_AXES = ("batch", "length", "act_embed")
@@ -340,13 +340,6 @@ def unfuse_projections(layer):
     return layer
 
 
-def _is_kernel(path, x) -> bool:
-    """A Dense kernel (not Mixtral's router, whose choices stay in float, nor its experts' arrays)."""
-    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-    return names[-1] == "kernel" and not (len(names) >= 2 and names[-2] == "gate" and "block_sparse_moe" in names) \
-        and (isinstance(x, (QArray, Packed)) or getattr(x, "ndim", 0) == 2)
-
-
 def pack_kernels(params, place=None):
     """Split-layer decoder params (`fuse_projections`) with every Dense kernel, the LM head's too, packed in
     column strips (layers/packed.py): the "packed" decode layout. Numpy kernels are packed on the host;
@@ -355,7 +348,8 @@ def pack_kernels(params, place=None):
         raise ValueError("pack_kernels: expected split layers (split_layers), got the stacked layout")
     is_leaf = lambda x: isinstance(x, (QArray, Packed))  # noqa: E731
     pack_tree = lambda tree: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda p, x: pack(x) if _is_kernel(p, x) and not isinstance(x, Packed) else x, tree, is_leaf=is_leaf)
+        lambda p, x: x if isinstance(x, Packed) or not is_decoder_kernel(p)
+        or not (isinstance(x, QArray) or getattr(x, "ndim", 0) == 2) else pack(x), tree, is_leaf=is_leaf)
     layers = [pack_tree(nn.unbox(layer)) for layer in params["layers"]]
     out = {**params, "layers": tuple(place(layer) if place else layer for layer in layers)}
     if "lm_head" in out:

@@ -360,22 +360,13 @@ def test_eight_concurrent_clients_all_answered_correctly(vmodel, vclient, root):
     assert got == refs
 
 
-def _prepared(server, requests):
-    """`requests` ((question, content part, extra body)) -> [(Prompt, SamplingParams)] as the server makes them."""
+def _engine_answers(server, requests, bad=()):
+    """Submit `requests` ((question, content part, extra body)) to `server`'s engine all at once, while its
+    loop waits for the lock it sleeps on, so that they wait together; `bad`: (Prompt, SamplingParams) pairs
+    submitted right behind the first request. -> (handles, {index: "done" | the error}) once all have ended."""
     from vllama_jax.serve.openai_schema import parse_request
     from vllama_jax.serve.prompt import prepare
 
-    prompts = []
-    for q, part, extra in requests:
-        req = parse_request({"messages": [user(q, part)], "max_tokens": 16, **extra}, server.info)
-        prompts.append((prepare(server.model, req, server.root, server.info.max_len), req.params))
-    return prompts
-
-
-def _engine_answers(server, prompts, bad=()):
-    """Submit `prompts` ((Prompt, SamplingParams), `_prepared`) to `server`'s engine all at once, while its
-    loop waits for the lock it sleeps on, so that they wait together; `bad`: more such pairs, submitted right
-    behind the first. -> (handles, {index: "done" | the error}) once all have ended."""
     engine, ended, all_ended = server.engine, {}, threading.Semaphore(0)
 
     def on_event(i):
@@ -385,7 +376,10 @@ def _engine_answers(server, prompts, bad=()):
                 all_ended.release()
         return record
 
-    prompts = list(prompts)
+    prompts = []
+    for q, part, extra in requests:
+        req = parse_request({"messages": [user(q, part)], "max_tokens": 16, **extra}, server.info)
+        prompts.append((prepare(server.model, req, server.root, server.info.max_len), req.params))
     prompts[1:1] = bad  # the bad ones right behind the first: in its group
     handles = []
     with engine._cv:  # the loop cannot look at the queue before every request is in it
@@ -396,54 +390,39 @@ def _engine_answers(server, prompts, bad=()):
     return handles, ended
 
 
-def _five_of_one_shape(root):
-    """Five requests of one prompt shape (videos and images, one length bucket), greedy and seeded."""
-    sampled = dict(temperature=0.8, top_p=0.9, top_k=20, seed=7)
-    return [("What happens?", video_part(f"file://{root / VIDEO}"), {}),
-            ("What is unusual here?", image_part(f"file://{root / IMAGE}"), {}),
-            ("Describe it.", video_part(f"file://{root / VIDEO}"), sampled),
-            ("Who is there?", image_part(f"file://{root / IMAGE}"), {}),
-            ("Describe it.", image_part(f"file://{root / IMAGE}"), dict(sampled, seed=3))]
-
-
-def _chat_answers(model, root, requests):
-    out = []
-    for q, part, extra in requests:
-        kind = "video" if part["type"] == "video_url" else "image"
-        out.append(model.chat(q, **{kind: str(root / (VIDEO if kind == "video" else IMAGE))}, max_new_tokens=16,
-                              **extra))
-    return out
-
-
 @pytest.mark.parametrize("layout", [None, "scan"], ids=["backend_layout", "scan"])
 def test_waiting_prompts_of_one_shape_are_prefilled_in_one_call(vmodel, root, layout):
     """Five requests waiting at once (videos and images, one prompt length bucket, greedy and seeded
     sampling) go into five of eight slots in one prefill call, padded to 8 rows, and answer as model.chat
     does; the three padding rows wrote nothing. In the backend's decode layout (a KV cache per layer) and
-    in "scan" (one stacked cache). The 8-row prefill is compiled by `warmup` (from shapes alone, as the
-    background compiler does); the B=1 one never is, so nothing compiles in the background."""
+    in "scan" (one stacked cache)."""
     from vllama_jax.inference import VideoLLaMA2Model
-    requests = _five_of_one_shape(root)
+    sampled = dict(temperature=0.8, top_p=0.9, top_k=20, seed=7)
+    requests = [("What happens?", video_part(f"file://{root / VIDEO}"), {}),
+                ("What is unusual here?", image_part(f"file://{root / IMAGE}"), {}),
+                ("Describe it.", video_part(f"file://{root / VIDEO}"), sampled),
+                ("Who is there?", image_part(f"file://{root / IMAGE}"), {}),
+                ("Describe it.", image_part(f"file://{root / IMAGE}"), dict(sampled, seed=3))]
     m = vmodel
     served = m if layout is None else VideoLLaMA2Model(m.config, m.stacked_params(), m.tokenizer, m.processor,
                                                        path=m.path, decode_layout=layout)
     server = Server(served, max_batch=8, max_len=1024, media_root=str(root))
     engine = server.engine
-    prompts = _prepared(server, requests)
-    engine.warmup([prompts[0][0]], group_sizes=(8,))
-    assert engine._compiler.thread is None
     server.start(warmup=False)
     try:
-        handles, ended = _engine_answers(server, prompts)
+        handles, ended = _engine_answers(server, requests)
         assert ended == {i: "done" for i in range(5)}
-        assert (engine.timers["prefills"], engine.timers["prefill_calls"], engine.timers["compiles"]) == (5, 1, 1)
+        assert (engine.timers["prefills"], engine.timers["prefill_calls"]) == (5, 1)
         assert [h.slot for h in handles] == [0, 1, 2, 3, 4]
         state = engine._state
         assert (np.asarray(state["pos"])[5:] == 0).all() and not np.asarray(state["key_mask"])[5:].any()
         # The steps write each idle row's k / v at its position 0; past it the rows were never written.
         idle = (lambda x: x[:, 5:, 1:]) if layout == "scan" else (lambda x: x[5:, 1:])
         assert not any(np.asarray(idle(x)).any() for x in jax.tree_util.tree_leaves(state["cache"]))
-        assert [h.answer for h in handles] == _chat_answers(served, root, requests)
+        for h, (q, part, extra) in zip(handles, requests):
+            kind = "video" if part["type"] == "video_url" else "image"
+            assert h.answer == served.chat(q, **{kind: str(root / (VIDEO if kind == "video" else IMAGE))},
+                                           max_new_tokens=16, **extra)
     finally:
         server.close()
 
@@ -452,7 +431,7 @@ def test_prompts_of_other_shapes_and_failing_prompts_are_prefilled_apart(vmodel,
     """Waiting at once: two short questions about the image and a long one (another length bucket) between
     them -> one call for the two short ones, one for the long one, oldest first. Then a group in which one
     prompt makes the prefill fail and one whose media the model cannot take: those two fail alone, the
-    others are answered as model.chat answers them. (The short ones' group sizes 2 and 4 are warmed first.)"""
+    others are answered as model.chat answers them."""
     from vllama_jax.serve.engine import Prompt
 
     image = image_part(f"file://{root / IMAGE}")
@@ -460,11 +439,9 @@ def test_prompts_of_other_shapes_and_failing_prompts_are_prefilled_apart(vmodel,
     requests = [("What is unusual here?", image, {}), (long_q, image, {}), ("Who is there?", image, {})]
     server = Server(vmodel, max_batch=4, max_len=1024, media_root=str(root))
     engine = server.engine
-    prompts = _prepared(server, requests)
-    engine.warmup([prompts[0][0]], group_sizes=(2, 4))
     server.start(warmup=False)
     try:
-        handles, ended = _engine_answers(server, prompts)
+        handles, ended = _engine_answers(server, requests)
         shapes = [engine.prefill_batch(h.prompt)["input_ids"].shape for h in handles]
         assert shapes[0] == shapes[2] != shapes[1]
         assert ended == {0: "done", 1: "done", 2: "done"}
@@ -487,91 +464,14 @@ def test_prompts_of_other_shapes_and_failing_prompts_are_prefilled_apart(vmodel,
 
         engine._prefill = device_fails_on
         calls = engine.timers["prefill_calls"]
-        handles, ended = _engine_answers(server, prompts[::2], bad=[(failing, handles[0].params),
-                                                                      (wrong, handles[0].params)])
+        handles, ended = _engine_answers(server, requests[::2], bad=[(failing, handles[0].params),
+                                                                       (wrong, handles[0].params)])
         assert isinstance(ended[1], RuntimeError) and isinstance(ended[2], ValueError)
         assert (ended[0], ended[3]) == ("done", "done") and engine.timers["prefill_calls"] == calls + 2
         assert [handles[0].answer, handles[3].answer] == refs[::2]
         assert engine.alive
     finally:
         server.close()
-
-
-def test_a_new_prompt_shapes_first_burst_does_not_wait_for_its_group_sizes(vmodel, root):
-    """Only the B=1 prefill of a new prompt shape compiles on the engine thread; its group sizes compile in
-    the background (here held by Events), and until each is ready the waiting requests go in the sizes that
-    are: five at once with only B=1 compiled -> five calls; with {1, 2} -> 2 + 2 + 1; with all -> one call
-    padded to 8. Every answer is model.chat's. Then `stop` returns at once though a compile job is running,
-    drops the one waiting, and the compiler's daemon thread ends when its job does. While a job runs the GIL
-    switch interval is the engine's short one, and it is restored after."""
-    from vllama_jax.serve import engine as engine_module
-    from vllama_jax.serve.engine import BACKGROUND_SWITCH_INTERVAL_S, _shape_key
-
-    requests = _five_of_one_shape(root)
-    refs = _chat_answers(vmodel, root, requests)
-    server = Server(vmodel, max_batch=8, max_len=1024, media_root=str(root))
-    engine = server.engine
-    prompts = _prepared(server, requests)
-    key = _shape_key(engine.prefill_batch(prompts[0][0]))
-    gates = {2: threading.Event(), 4: threading.Event(), 8: threading.Event()}
-    running, release, ran = threading.Event(), threading.Event(), []
-    compiled_on, compile_group = [], engine._compile_group
-
-    def held(k, size, spec):  # the background compiler's jobs, each waiting for its size's gate
-        compiled_on.append((size, threading.current_thread().name))
-        assert gates[size].wait(timeout=300)
-        return compile_group(k, size, spec)
-
-    engine._compile_group = held
-    server.start(warmup=False)
-    try:
-        def burst(calls, compiled):
-            before = engine.timers["prefill_calls"]
-            handles, ended = _engine_answers(server, prompts)
-            assert ended == {i: "done" for i in range(5)}
-            assert [h.answer for h in handles] == refs
-            assert [h.slot for h in handles] == [0, 1, 2, 3, 4]
-            assert engine.timers["prefill_calls"] - before == calls
-            assert engine.ready_sizes(key) == compiled
-
-        burst(5, [1])  # the B=1 prefill compiled on the engine thread; size 2 held in the background
-        assert engine.timers["compiles"] == 1 and compiled_on == [(2, "vllama-compile")]
-        # What the engine thread compiles (jit caches): the step and the B=1 prefill, each once. The group
-        # executables return the state as the jitted calls do (not committed to a device), or these would
-        # compile again after the first group call.
-        jitted = lambda: (engine._step._cache_size(), engine._prefills[key]._cache_size())
-        assert jitted() == (1, 1)
-        gates[2].set()
-        deadline = time.time() + 300
-        while 2 not in engine.ready_sizes(key) and time.time() < deadline:
-            time.sleep(0.05)
-        burst(3, [1, 2])  # 2 + 2 + 1, oldest first; size 4 held
-        gates[4].set()
-        gates[8].set()
-        assert engine.wait_compiled(timeout=300)
-        burst(1, [1, 2, 4, 8])
-        assert compiled_on == [(g, "vllama-compile") for g in (2, 4, 8)]
-        assert (engine.timers["compiles"], engine.timers["background_compiles"]) == (1, 3)
-        assert engine.timers["prefills"] == 15 and jitted() == (1, 1)
-
-        # stop() with a compile job running and one waiting: it returns at once, the waiting job never runs.
-        engine._compiler.submit(lambda: (running.set(), release.wait(timeout=300)))
-        engine._compiler.submit(lambda: ran.append("the job behind it"))
-        assert running.wait(timeout=60)
-        assert sys.getswitchinterval() == BACKGROUND_SWITCH_INTERVAL_S
-        t0 = time.perf_counter()
-        server.close()
-        assert time.perf_counter() - t0 < 5 and not engine.alive
-        assert not engine.wait_compiled(timeout=0.2)  # still running
-    finally:
-        for g in gates.values():
-            g.set()
-        server.close()
-        release.set()
-    engine._compiler.thread.join(timeout=60)
-    assert not engine._compiler.thread.is_alive() and ran == []
-    # restored unless another server's compiler (the module's) is running a job now
-    assert sys.getswitchinterval() > BACKGROUND_SWITCH_INTERVAL_S or engine_module._switch_users[0] > 0
 
 
 def _stream_lines(client: httpx.Client, url, body, on_first=None):

@@ -6,7 +6,7 @@
     engine.cancel(handle)                               # a disconnected client: its slot is freed at once
 
 Device state (static shapes: compiled once for the step, once per prompt shape and group size for the
-prefill, the group sizes in the background):
+prefill):
 
     cache      {"k", "v"}: (layers, B, S, KVH, hd)   B = max_batch slots, S = max_len (models/decoder.py)
     key_mask   (B, S) bool      which slots of each row hold real tokens
@@ -27,33 +27,15 @@ its writes are dropped (each row's cache, logits, pos, key and sampling paramete
 its own slot; the slots need not be contiguous). Requests of other shapes wait for the next call; as
 the oldest waiting request is always in the group, none waits behind later ones for long. If a group's
 call fails, its requests are prefilled one at a time, so a prompt the model cannot take fails alone.
-`timers` counts both: "prefills" requests prefilled, "prefill_calls" compiled calls made. Then every
-step samples one token per row from `logits` and runs the decoder on them with a per-row write slot
+`timers` counts both: "prefills" requests prefilled, "prefill_calls" compiled calls made. A group size is
+compiled when a group first needs it (the engine thread waits for the compiler meanwhile);
+`warmup(prompts, group_sizes=engine.group_sizes)` compiles them all before serving. Then every step
+samples one token per row from `logits` and runs the decoder on them with a per-row write slot
 (layers/attention.py), so rows of different lengths advance together. A row stops at EOS, at its
 `max_tokens`, at a stop string or when its client goes away, and its slot is free for the next prompt
 at once. The host reads the (B,) tokens after each step, detokenizes and hands text to the waiting
 requests; nothing waits for another request's whole generation. With `decode_steps` k > 1 one compiled
 call runs k such steps (tokens (B, k)), and requests join and leave every k tokens.
-
-Compiles (no compile but the B=1 prefill's holds up traffic): the first request of a new prompt shape
-compiles its B=1 prefill on the engine thread, a jitted call (the loop waits for it, as it always has); then
-the shape's other group sizes go to a background compiler (`_Compiler`: one daemon thread, smallest size
-first), which lowers `_prefill_fn` from shapes alone (jax.ShapeDtypeStruct of the batch and of the state,
-the model's params, which are never donated) and keeps the executable per (shape, size) under a lock: it
-never reads the donated state, and only the engine thread calls the executables. The state's shapes carry
-a sharding only where the state is committed to one, so an executable returns the state as the jitted
-calls do (a committed one would make the step and the B=1 prefill compile again). Until a size is
-compiled, `_admit` makes groups of the sizes that are: a group is cut to the largest compiled size that
-holds it (1 at first), its later requests stay at the head of the queue and go in the next call of the
-same round, so 5 waiting requests with sizes {1, 2} ready go as 2 + 2 + 1, oldest first. `engine.stop()`
-drops the compiles not started and does not wait for one under way; `wait_compiled(timeout)` waits for
-the background compiler (tests, benchmarks). `warmup(prompts, group_sizes=engine.group_sizes)` compiles
-every size of those prompts' shapes before serving; with the default (1,) only the B=1 prefill, the rest
-in the background. timers "compiles" counts the prefills compiled on the engine thread,
-"background_compiles" / "background_compile_s" those compiled beside it. Most of such a compile of a
-small model is tracing and lowering, in Python under the GIL, so while one runs the interpreter's GIL
-switch interval is 0.5 ms instead of 5 (BACKGROUND_SWITCH_INTERVAL_S): the threads serving traffic wait
-less for the GIL (on 2 CPUs, 5 ms halved the throughput while a compile ran).
 
 Sampling per row is generate.py's (temperature, then top-k, then top-p, then a categorical draw with
 the row's key), so greedy and seeded answers equal `model.chat`'s for the same prompt.
@@ -65,10 +47,9 @@ import dataclasses
 import functools
 import itertools
 import logging
-import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -180,85 +161,6 @@ def sample_rows(logits, keys, temperature, top_k, top_p):
                         lambda: (jnp.argmax(logits, axis=-1).astype(jnp.int32), jax.vmap(next_key)(keys)))
 
 
-# The interpreter's GIL switch interval while a background compile runs (restored when none does). Most of
-# a compile of a small model is Python (tracing, lowering) holding the GIL; at the default 5 ms every thread
-# that serves traffic waits up to that long each time it takes the GIL back (the engine thread does so
-# several times a step), which on 2 CPUs halved the throughput while a compile ran.
-BACKGROUND_SWITCH_INTERVAL_S = 0.0005
-_switch_lock = threading.Lock()
-_switch_users = [0, None]  # compiles running in the process, the interval to restore
-
-
-def _switch_interval(enter: bool):
-    with _switch_lock:
-        if enter:
-            if _switch_users[0] == 0:
-                _switch_users[1] = sys.getswitchinterval()
-                sys.setswitchinterval(min(_switch_users[1], BACKGROUND_SWITCH_INTERVAL_S))
-            _switch_users[0] += 1
-        else:
-            _switch_users[0] -= 1
-            if _switch_users[0] == 0:
-                sys.setswitchinterval(_switch_users[1])
-
-
-class _Compiler:
-    """One daemon thread running compile jobs one at a time, in the order submitted. It is started by the
-    first job. `stop` drops the jobs not started and returns at once: a compile under way finishes on its
-    own (a daemon thread: neither `Engine.stop` nor the interpreter's exit waits for it). While a job runs,
-    the GIL switch interval is BACKGROUND_SWITCH_INTERVAL_S, so the threads serving traffic get it back soon."""
-
-    def __init__(self, name: str = "vllama-compile"):
-        self.name = name
-        self.thread: Optional[threading.Thread] = None
-        self._jobs: collections.deque = collections.deque()
-        self._cv = threading.Condition()
-        self._busy = False
-        self._stopped = False
-
-    def submit(self, job: Callable[[], None]) -> bool:
-        with self._cv:
-            if self._stopped:
-                return False
-            self._jobs.append(job)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self.thread.start()
-            self._cv.notify_all()
-        return True
-
-    def _run(self):
-        while True:
-            with self._cv:
-                while not self._jobs and not self._stopped:
-                    self._cv.wait()
-                if self._stopped:
-                    return
-                job = self._jobs.popleft()
-                self._busy = True
-            _switch_interval(True)
-            try:
-                job()
-            except Exception:  # that size stays uncompiled: groups use the sizes that are
-                log.exception("a background compile failed")
-            finally:
-                _switch_interval(False)
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until no job is waiting or running (after `stop`: none running); False at `timeout` s."""
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._busy and (self._stopped or not self._jobs), timeout)
-
-    def stop(self):
-        with self._cv:
-            self._stopped = True
-            self._jobs.clear()
-            self._cv.notify_all()
-
-
 class Engine:
     """Continuous batching over `max_batch` KV-cache slots of `max_len` positions (see the module doc)."""
 
@@ -284,26 +186,15 @@ class Engine:
         self.steps = 0
         # Where the loop's time goes, and how many requests left before their end (client gone). "prefills"
         # counts requests, "prefill_calls" the compiled calls that prefilled them (several per call).
-        # "compiles": prefill programs compiled on the engine thread (the B=1 one of each new prompt shape;
-        # traffic waits for these), "background_compiles" / "background_compile_s": group sizes compiled
-        # beside it (nothing waits for them).
         self.timers = {"prefill_s": 0.0, "step_s": 0.0, "host_s": 0.0, "prefills": 0, "prefill_calls": 0,
-                       "cancelled": 0, "compiles": 0, "background_compiles": 0, "background_compile_s": 0.0}
+                       "cancelled": 0}
         # The row counts a prefill is compiled for: 1, 2, 4, ... up to max_batch (a group is padded up to one).
         self.group_sizes = sorted({min(2 ** i, self.max_batch) for i in range(self.max_batch.bit_length() + 1)})
         # How far down the queue `_admit` looks for requests of the oldest one's shape: each one looked at
         # holds its model batch until it is prefilled, so this bounds that memory.
         self.scan_limit = 4 * self.max_batch
         self._state = None
-        # The B=1 prefill of each prompt shape (`_shape_key` of its batch), compiled by its first call on the
-        # engine thread, and the compiled group sizes > 1 of each shape ({size: executable}), written by the
-        # background compiler (under `_exec_lock`) from shapes alone.
         self._prefills: Dict[tuple, Callable] = {}
-        self._group_prefill = jax.jit(self._prefill_fn, donate_argnums=(1,))
-        self._executables: Dict[tuple, Dict[int, Any]] = {}
-        self._exec_lock = threading.Lock()
-        self._ahead: set = set()  # shapes whose group sizes were handed to the background compiler
-        self._compiler = _Compiler()
         self._step = jax.jit(self._step_fn, donate_argnums=(1,))
 
     # --- device functions --------------------------------------------------------------------------------
@@ -387,120 +278,38 @@ class Engine:
             h.batch = self.prefill_batch(h.prompt)
         return h.batch
 
-    def ready_sizes(self, key: tuple) -> List[int]:
-        """The group sizes prompts of shape `key` (`_shape_key` of a B=1 batch) can be prefilled in now,
-        ascending: 1 (the B=1 prefill, compiled on the engine thread by its first call) and those the
-        background compiler (or `warmup`) has compiled."""
-        with self._exec_lock:
-            return [1] + sorted(self._executables.get(key, ()))
-
-    def _rows_for(self, key: tuple, n: int) -> int:
-        """How many of n waiting requests of shape `key` one call takes: all of them if a compiled size holds
-        them (the call is padded up to it), else as many as the largest compiled size (the rest wait)."""
-        largest = self.ready_sizes(key)[-1]
-        return n if largest >= n else largest
-
-    def _spec_of_state(self):
-        """The state's shapes, dtypes and shardings (the same after every call), read on the engine thread. A
-        sharding only where the array is committed to it: an executable compiled for a committed state
-        returns a committed one, and the jitted step and B=1 prefill would compile again for that."""
-        return jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding if x.committed else None),
-            self._state)
-
-    def _compile_group(self, key: tuple, size: int, state_spec):
-        """Compile the prefill of `size` rows of shape `key` from shapes alone: it never reads the live (donated)
-        state, so it may run on any thread. -> the executable, also kept in `_executables`."""
-        sds = jax.ShapeDtypeStruct
-        batch = {name: sds((size,) + shape[1:], np.dtype(dtype)) for name, shape, dtype in key}
-        vec = lambda dtype: sds((size,), dtype)
-        key0 = _prng_key(0)
-        exe = self._group_prefill.lower(self.model.params, state_spec, batch, vec(np.int32),
-                                        sds((size,) + key0.shape, key0.dtype), vec(np.float32), vec(np.int32),
-                                        vec(np.float32)).compile()
-        with self._exec_lock:
-            self._executables.setdefault(key, {})[size] = exe
-        return exe
-
-    def _compile_in_background(self, key: tuple, size: int, state_spec):
-        if size in self.ready_sizes(key):  # warmup compiled it already
-            return
-        t0 = time.perf_counter()
-        self._compile_group(key, size, state_spec)
-        self.timers["background_compile_s"] += time.perf_counter() - t0
-        self.timers["background_compiles"] += 1
-
-    def _compile_ahead(self, key: tuple):
-        """A prompt shape's B=1 prefill has just run for the first time: hand its larger group sizes to the
-        background compiler, smallest first (until each is ready, `_admit` makes groups of those that are)."""
-        if key in self._ahead:
-            return
-        self._ahead.add(key)
-        spec = self._spec_of_state()
-        for g in self.group_sizes:
-            if g > 1:
-                self._compiler.submit(functools.partial(self._compile_in_background, key, g, spec))
-
-    def _prefill(self, handles: List[Handle], slots: List[int], count: bool = True):
-        """One compiled call: prefill handles[i] (of one shape) into slot slots[i]. One request: the B=1
-        prefill (compiled here on the shape's first call). More: the smallest compiled group size that holds
-        them, padded with rows that write nothing (see `_prefill_fn`); if none does, that size is compiled
-        here (`_admit` never asks for one: it makes groups of compiled sizes)."""
-        key = _shape_key(self._batch_of(handles[0]))
-        n = len(handles)
-        if n == 1:
-            size, fn = 1, self._prefills.get(key)
-            if fn is None:
-                fn = self._prefills[key] = jax.jit(self._prefill_fn, donate_argnums=(1,))
-                self.timers["compiles"] += 1
-        else:
-            size = next((g for g in self.ready_sizes(key) if g >= n), None)
-            if size is None:
-                size = next(g for g in self.group_sizes if g >= n)
-                self._compile_group(key, size, self._spec_of_state())
-                self.timers["compiles"] += 1
-            with self._exec_lock:
-                fn = self._executables[key][size]
-        pad = size - n
+    def _prefill(self, handles: List[Handle], slots: List[int]):
+        """One compiled call: prefill handles[i] (of one shape) into slot slots[i]. The group is padded to
+        the next of `group_sizes` with rows that write nothing (see `_prefill_fn`)."""
+        size = next(g for g in self.group_sizes if g >= len(handles))
+        pad = size - len(handles)
         batches = [self._batch_of(h) for h in handles] + [self._batch_of(handles[0])] * pad
         batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
         params = [h.params for h in handles] + [handles[0].params] * pad
+        key = _shape_key(batch)
+        if key not in self._prefills:
+            self._prefills[key] = jax.jit(self._prefill_fn, donate_argnums=(1,))
         t0 = time.perf_counter()
-        self._state = fn(
+        self._state = self._prefills[key](
             self.model.params, self._state, batch, np.array(list(slots) + [self.max_batch] * pad, np.int32),
             np.stack([_prng_key(p.seed) for p in params]), np.array([p.temperature for p in params], np.float32),
             np.array([p.top_k for p in params], np.int32), np.array([p.top_p for p in params], np.float32))
         jax.block_until_ready(self._state["pos"])
-        if count:
-            self.timers["prefill_s"] += time.perf_counter() - t0
-            self.timers["prefills"] += n
-            self.timers["prefill_calls"] += 1
-        if size == 1:
-            self._compile_ahead(key)
+        self.timers["prefill_s"] += time.perf_counter() - t0
+        self.timers["prefills"] += len(handles)
+        self.timers["prefill_calls"] += 1
 
     def warmup(self, prompts: Sequence[Prompt] = (), group_sizes: Sequence[int] = (1,)):
         """Compile the step, and the prefill of each given prompt's shape for each of `group_sizes` (each at
-        most max_batch; `self.group_sizes`: every prefill a prompt of that shape can need), before serving.
-        The B=1 prefill runs once, into no slot (its row writes nothing), and hands the shape's other group
-        sizes to the background compiler; the larger sizes asked for compile here, first. The timers do not
-        count these calls."""
+        most max_batch; `self.group_sizes`: every prefill a prompt of that shape can need), before serving."""
         if self._state is None:
             self._state = self._init_state()
         for pr in prompts:
             h = Handle(pr, SamplingParams(max_tokens=1), lambda *a: None)
-            key = _shape_key(self._batch_of(h))
-            for g in sorted(set(group_sizes) - {1}):
-                if g not in self.ready_sizes(key):
-                    self._compile_group(key, g, self._spec_of_state())
-                    self.timers["compiles"] += 1
-            if 1 in group_sizes:
-                self._prefill([h], [self.max_batch], count=False)
+            for g in group_sizes:
+                self._prefill([h] * g, list(range(g)))  # slots still free: what they hold is overwritten
         self._state, tok = self._step(self.model.params, self._state, jnp.zeros((self.max_batch,), bool))
         np.asarray(tok)
-
-    def wait_compiled(self, timeout: Optional[float] = None) -> bool:
-        """Block until the background compiler has nothing left to do (False at `timeout` s)."""
-        return self._compiler.wait(timeout)
 
     # --- host side ---------------------------------------------------------------------------------------
     def start(self):
@@ -510,9 +319,6 @@ class Engine:
         self._thread.start()
 
     def stop(self):
-        """Stop the loop (waits for it, at most 30 s) and the background compiler (does not wait for it:
-        the jobs not started are dropped, one under way ends on its own in its daemon thread)."""
-        self._compiler.stop()
         with self._cv:
             self._stop = True
             self._cv.notify_all()
@@ -573,8 +379,6 @@ class Engine:
                 # Only this thread takes requests out of the queue (submit appends): these stay its head.
                 waiting = list(itertools.islice(self._queue, self.scan_limit))
             group, failed = self._pick_group(waiting, len(free))  # builds model batches: outside the lock
-            if len(group) > 1:  # as many as a compiled size holds; the rest stay first in the queue
-                group = group[:self._rows_for(_shape_key(group[0].batch), len(group))]
             with self._cv:
                 taken = {id(h) for h in group} | {id(h) for h, _ in failed}
                 self._queue = collections.deque(h for h in self._queue if id(h) not in taken)

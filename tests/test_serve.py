@@ -1,7 +1,6 @@
 """`vllama-jax serve` over real HTTP on 127.0.0.1 (uvicorn on a thread, the official `openai` client):
 answers equal `model.chat`'s (greedy and seeded sampling, video / image / audio-visual / sound file,
-multi-turn), streaming joins to the same text, `usage` counts, 8 concurrent clients, prompts waiting
-together prefilled in one call (and those of other shapes, or that fail, apart), a short request
+multi-turn), streaming joins to the same text, `usage` counts, 8 concurrent clients, a short request
 overtaking long ones, a disconnect freeing its slot, and every bad input a 4xx naming its field."""
 import base64
 import json
@@ -14,7 +13,6 @@ import threading
 import time
 
 import httpx
-import jax
 import numpy as np
 import pytest
 
@@ -358,120 +356,6 @@ def test_eight_concurrent_clients_all_answered_correctly(vmodel, vclient, root):
     assert not errors
     assert len(got) == len(jobs) == 24
     assert got == refs
-
-
-def _engine_answers(server, requests, bad=()):
-    """Submit `requests` ((question, content part, extra body)) to `server`'s engine all at once, while its
-    loop waits for the lock it sleeps on, so that they wait together; `bad`: (Prompt, SamplingParams) pairs
-    submitted right behind the first request. -> (handles, {index: "done" | the error}) once all have ended."""
-    from vllama_jax.serve.openai_schema import parse_request
-    from vllama_jax.serve.prompt import prepare
-
-    engine, ended, all_ended = server.engine, {}, threading.Semaphore(0)
-
-    def on_event(i):
-        def record(kind, x):  # from the engine thread
-            if kind != "text":
-                ended[i] = "done" if kind == "done" else x
-                all_ended.release()
-        return record
-
-    prompts = []
-    for q, part, extra in requests:
-        req = parse_request({"messages": [user(q, part)], "max_tokens": 16, **extra}, server.info)
-        prompts.append((prepare(server.model, req, server.root, server.info.max_len), req.params))
-    prompts[1:1] = bad  # the bad ones right behind the first: in its group
-    handles = []
-    with engine._cv:  # the loop cannot look at the queue before every request is in it
-        for i, (prompt, params) in enumerate(prompts):
-            handles.append(engine.submit(prompt, params, on_event(i), stream=False))
-    for _ in handles:
-        assert all_ended.acquire(timeout=300)
-    return handles, ended
-
-
-@pytest.mark.parametrize("layout", [None, "scan"], ids=["backend_layout", "scan"])
-def test_waiting_prompts_of_one_shape_are_prefilled_in_one_call(vmodel, root, layout):
-    """Five requests waiting at once (videos and images, one prompt length bucket, greedy and seeded
-    sampling) go into five of eight slots in one prefill call, padded to 8 rows, and answer as model.chat
-    does; the three padding rows wrote nothing. In the backend's decode layout (a KV cache per layer) and
-    in "scan" (one stacked cache)."""
-    from vllama_jax.inference import VideoLLaMA2Model
-    sampled = dict(temperature=0.8, top_p=0.9, top_k=20, seed=7)
-    requests = [("What happens?", video_part(f"file://{root / VIDEO}"), {}),
-                ("What is unusual here?", image_part(f"file://{root / IMAGE}"), {}),
-                ("Describe it.", video_part(f"file://{root / VIDEO}"), sampled),
-                ("Who is there?", image_part(f"file://{root / IMAGE}"), {}),
-                ("Describe it.", image_part(f"file://{root / IMAGE}"), dict(sampled, seed=3))]
-    m = vmodel
-    served = m if layout is None else VideoLLaMA2Model(m.config, m.stacked_params(), m.tokenizer, m.processor,
-                                                       path=m.path, decode_layout=layout)
-    server = Server(served, max_batch=8, max_len=1024, media_root=str(root))
-    engine = server.engine
-    server.start(warmup=False)
-    try:
-        handles, ended = _engine_answers(server, requests)
-        assert ended == {i: "done" for i in range(5)}
-        assert (engine.timers["prefills"], engine.timers["prefill_calls"]) == (5, 1)
-        assert [h.slot for h in handles] == [0, 1, 2, 3, 4]
-        state = engine._state
-        assert (np.asarray(state["pos"])[5:] == 0).all() and not np.asarray(state["key_mask"])[5:].any()
-        # The steps write each idle row's k / v at its position 0; past it the rows were never written.
-        idle = (lambda x: x[:, 5:, 1:]) if layout == "scan" else (lambda x: x[5:, 1:])
-        assert not any(np.asarray(idle(x)).any() for x in jax.tree_util.tree_leaves(state["cache"]))
-        for h, (q, part, extra) in zip(handles, requests):
-            kind = "video" if part["type"] == "video_url" else "image"
-            assert h.answer == served.chat(q, **{kind: str(root / (VIDEO if kind == "video" else IMAGE))},
-                                           max_new_tokens=16, **extra)
-    finally:
-        server.close()
-
-
-def test_prompts_of_other_shapes_and_failing_prompts_are_prefilled_apart(vmodel, root):
-    """Waiting at once: two short questions about the image and a long one (another length bucket) between
-    them -> one call for the two short ones, one for the long one, oldest first. Then a group in which one
-    prompt makes the prefill fail and one whose media the model cannot take: those two fail alone, the
-    others are answered as model.chat answers them."""
-    from vllama_jax.serve.engine import Prompt
-
-    image = image_part(f"file://{root / IMAGE}")
-    long_q = "Describe every object in this picture, one by one, with its colour and its size. " * 3
-    requests = [("What is unusual here?", image, {}), (long_q, image, {}), ("Who is there?", image, {})]
-    server = Server(vmodel, max_batch=4, max_len=1024, media_root=str(root))
-    engine = server.engine
-    server.start(warmup=False)
-    try:
-        handles, ended = _engine_answers(server, requests)
-        shapes = [engine.prefill_batch(h.prompt)["input_ids"].shape for h in handles]
-        assert shapes[0] == shapes[2] != shapes[1]
-        assert ended == {0: "done", 1: "done", 2: "done"}
-        assert (engine.timers["prefills"], engine.timers["prefill_calls"]) == (3, 2)
-        assert handles[0].slot == 0 and handles[2].slot == 1 and handles[1].slot == 2  # the oldest group first
-        refs = [vmodel.chat(q, image=str(root / IMAGE), max_new_tokens=16) for q, _, _ in requests]
-        assert [h.answer for h in handles] == refs
-
-        # The device failing on one prompt of a group (stood in for by a wrapper) and a video of a shape the
-        # model does not take: the group's call fails, its requests are prefilled one at a time.
-        first = handles[0].prompt
-        failing = Prompt(first.ids, first.media, first.n)
-        wrong = Prompt(first.ids, {"video": np.zeros((3, 3, 8, 8), np.float32)}, first.n)
-        prefill = engine._prefill
-
-        def device_fails_on(group, slots):
-            if any(h.prompt is failing for h in group):
-                raise RuntimeError("the device refused this prompt")
-            return prefill(group, slots)
-
-        engine._prefill = device_fails_on
-        calls = engine.timers["prefill_calls"]
-        handles, ended = _engine_answers(server, requests[::2], bad=[(failing, handles[0].params),
-                                                                       (wrong, handles[0].params)])
-        assert isinstance(ended[1], RuntimeError) and isinstance(ended[2], ValueError)
-        assert (ended[0], ended[3]) == ("done", "done") and engine.timers["prefill_calls"] == calls + 2
-        assert [handles[0].answer, handles[3].answer] == refs[::2]
-        assert engine.alive
-    finally:
-        server.close()
 
 
 def _stream_lines(client: httpx.Client, url, body, on_first=None):

@@ -5,8 +5,7 @@
     handle = engine.submit(prompt, params, on_event)    # from any thread; on_event(kind, payload)
     engine.cancel(handle)                               # a disconnected client: its slot is freed at once
 
-Device state (static shapes: compiled once for the step, once per prompt shape and group size for the
-prefill):
+Device state (static shapes: compiled once for the step, once per prompt bucket for the prefill):
 
     cache      {"k", "v"}: (layers, B, S, KVH, hd)   B = max_batch slots, S = max_len (models/decoder.py)
     key_mask   (B, S) bool      which slots of each row hold real tokens
@@ -17,19 +16,7 @@ prefill):
 
 A request's prompt (B=1, text padded to a length bucket, media spliced by `VideoLLaMA2.prepare_inputs`)
 is prefilled into its free slot between two steps: its real tokens are moved to the front (slots
-[0, n), positions 0..n-1), so positions equal slots and the slot's write offset is n. Prompts waiting
-together are prefilled together: the oldest waiting request and the later ones whose model batch has
-its shapes (text length bucket, media keys and shapes), at most one per free slot, go in one compiled
-call, their B=1 batches stacked into rows (`_admit`). The group is padded to the next of `group_sizes`
-(powers of two up to max_batch) so that a prompt shape compiles at most len(group_sizes) prefills; a
-padding row repeats the first row's batch and carries the slot index max_batch, past the last row, so
-its writes are dropped (each row's cache, logits, pos, key and sampling parameters are scattered into
-its own slot; the slots need not be contiguous). Requests of other shapes wait for the next call; as
-the oldest waiting request is always in the group, none waits behind later ones for long. If a group's
-call fails, its requests are prefilled one at a time, so a prompt the model cannot take fails alone.
-`timers` counts both: "prefills" requests prefilled, "prefill_calls" compiled calls made. A group size is
-compiled when a group first needs it (the engine thread waits for the compiler meanwhile);
-`warmup(prompts, group_sizes=engine.group_sizes)` compiles them all before serving. Then every step
+[0, n), positions 0..n-1), so positions equal slots and the slot's write offset is n. Then every step
 samples one token per row from `logits` and runs the decoder on them with a per-row write slot
 (layers/attention.py), so rows of different lengths advance together. A row stops at EOS, at its
 `max_tokens`, at a stop string or when its client goes away, and its slot is free for the next prompt
@@ -45,7 +32,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import itertools
 import logging
 import threading
 import time
@@ -100,9 +86,6 @@ class Handle:
         self.finished_at: Optional[float] = None
         self.slot: Optional[int] = None
         self._emitted = 0
-        # The prompt's B=1 model batch (`Engine.prefill_batch`), built by the engine thread when it first
-        # looks at the request while it waits, and dropped once it is prefilled.
-        self.batch: Optional[dict] = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -115,11 +98,6 @@ def _prng_key(seed: int) -> np.ndarray:
 
 def _bucket(n: int, size: int) -> int:
     return -(-n // size) * size
-
-
-def _shape_key(batch: dict) -> tuple:
-    """What a compiled prefill depends on: each array's name, shape and dtype."""
-    return tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
 
 
 def right_align(embeds, mask):
@@ -184,15 +162,8 @@ class Engine:
         self._stop = False
         self.error: Optional[BaseException] = None
         self.steps = 0
-        # Where the loop's time goes, and how many requests left before their end (client gone). "prefills"
-        # counts requests, "prefill_calls" the compiled calls that prefilled them (several per call).
-        self.timers = {"prefill_s": 0.0, "step_s": 0.0, "host_s": 0.0, "prefills": 0, "prefill_calls": 0,
-                       "cancelled": 0}
-        # The row counts a prefill is compiled for: 1, 2, 4, ... up to max_batch (a group is padded up to one).
-        self.group_sizes = sorted({min(2 ** i, self.max_batch) for i in range(self.max_batch.bit_length() + 1)})
-        # How far down the queue `_admit` looks for requests of the oldest one's shape: each one looked at
-        # holds its model batch until it is prefilled, so this bounds that memory.
-        self.scan_limit = 4 * self.max_batch
+        # Where the loop's time goes, and how many requests left before their end (client gone).
+        self.timers = {"prefill_s": 0.0, "step_s": 0.0, "host_s": 0.0, "prefills": 0, "cancelled": 0}
         self._state = None
         self._prefills: Dict[tuple, Callable] = {}
         self._step = jax.jit(self._step_fn, donate_argnums=(1,))
@@ -235,32 +206,30 @@ class Engine:
                    pos=state["pos"] + active.astype(jnp.int32), keys=keys)
         return new, tok
 
-    def _prefill_fn(self, params, state, batch, slots, keys, temperature, top_k, top_p):
-        """Prefill P prompts of one shape (batch: their B=1 batches stacked, (P, ...)) into the rows `slots`
-        (P,) int32 of the state; keys (P, 2), temperature / top_k / top_p (P,). A row whose slot is
-        max_batch (a padding row) writes nothing: every write is a scatter that drops indices out of range."""
+    def _prefill_fn(self, params, state, batch, slot, key, temperature, top_k, top_p):
+        """Prefill one prompt (B=1) into row `slot` of the state."""
         prep = self.model.module.apply({"params": params}, batch, method=VideoLLaMA2.prepare_inputs)
         embeds, mask = right_align(prep["inputs_embeds"], prep["attention_mask"])
-        p, lp = mask.shape
-        n = mask.sum(axis=1).astype(jnp.int32)  # (P,) real tokens of each row
-        positions = jnp.broadcast_to(jnp.arange(lp, dtype=jnp.int32), (p, lp))
-        small = self._cache(p, lp)
+        lp = mask.shape[1]
+        n = mask.sum(axis=1).astype(jnp.int32)  # (1,)
+        positions = jnp.broadcast_to(jnp.arange(lp, dtype=jnp.int32), (1, lp))
+        small = self._cache(1, lp)
         logits, small = self._decode(params, inputs_embeds=embeds, attention_mask=mask, positions=positions,
                                      cache=small, cache_index=0)
-        last = jnp.take_along_axis(logits, (n - 1)[:, None, None], axis=1)[:, 0]  # (P, V)
+        last = jnp.take_along_axis(logits, (n - 1)[:, None, None], axis=1)[:, 0]  # (1, V)
         keep = min(lp, self.max_len)
         if isinstance(small, list):  # one (B, S, KVH, hd) pair per layer
-            cache = [{name: big[name].at[slots, :keep].set(one[name][:, :keep], mode="drop")
+            cache = [{name: jax.lax.dynamic_update_slice(big[name], one[name][:, :keep], (slot, 0, 0, 0))
                       for name in ("k", "v")} for big, one in zip(state["cache"], small)]
         else:  # stacked (layers, B, S, KVH, hd)
-            cache = {name: state["cache"][name].at[:, slots, :keep].set(small[name][:, :, :keep], mode="drop")
-                     for name in ("k", "v")}
-        row_mask = jnp.arange(self.max_len)[None] < n[:, None]  # (P, S): the whole row, old tokens masked out
-        put = lambda x, rows: x.at[slots].set(rows.astype(x.dtype), mode="drop")
-        return dict(state, cache=cache, key_mask=put(state["key_mask"], row_mask), logits=put(state["logits"], last),
-                    pos=put(state["pos"], n), keys=put(state["keys"], keys),
-                    temperature=put(state["temperature"], temperature), top_k=put(state["top_k"], top_k),
-                    top_p=put(state["top_p"], top_p))
+            cache = {name: jax.lax.dynamic_update_slice(state["cache"][name], small[name][:, :, :keep],
+                                                        (0, slot, 0, 0, 0)) for name in ("k", "v")}
+        row_mask = jnp.arange(self.max_len)[None] < n[:, None]
+        upd = lambda x, v: jax.lax.dynamic_update_slice(x, v.astype(x.dtype), (slot,) + (0,) * (x.ndim - 1))
+        return dict(state, cache=cache, key_mask=upd(state["key_mask"], row_mask), logits=upd(state["logits"], last),
+                    pos=upd(state["pos"], n), keys=upd(state["keys"], key[None]),
+                    temperature=upd(state["temperature"], temperature[None]), top_k=upd(state["top_k"], top_k[None]),
+                    top_p=upd(state["top_p"], top_p[None]))
 
     def prefill_batch(self, prompt: Prompt) -> dict:
         """The B=1 model batch of a prompt, text left-padded to a length bucket as `model.generate` does."""
@@ -273,41 +242,27 @@ class Engine:
         # numpy: the jitted prefill takes it as it is (no eager device op on the engine thread)
         return {"input_ids": ids.astype(np.int32), "attention_mask": mask, **{k: np.asarray(v) for k, v in media.items()}}
 
-    def _batch_of(self, h: Handle) -> dict:
-        if h.batch is None:
-            h.batch = self.prefill_batch(h.prompt)
-        return h.batch
-
-    def _prefill(self, handles: List[Handle], slots: List[int]):
-        """One compiled call: prefill handles[i] (of one shape) into slot slots[i]. The group is padded to
-        the next of `group_sizes` with rows that write nothing (see `_prefill_fn`)."""
-        size = next(g for g in self.group_sizes if g >= len(handles))
-        pad = size - len(handles)
-        batches = [self._batch_of(h) for h in handles] + [self._batch_of(handles[0])] * pad
-        batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-        params = [h.params for h in handles] + [handles[0].params] * pad
-        key = _shape_key(batch)
+    def _prefill(self, handle: Handle, slot: int):
+        batch = self.prefill_batch(handle.prompt)
+        key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
         if key not in self._prefills:
             self._prefills[key] = jax.jit(self._prefill_fn, donate_argnums=(1,))
+        p = handle.params
         t0 = time.perf_counter()
         self._state = self._prefills[key](
-            self.model.params, self._state, batch, np.array(list(slots) + [self.max_batch] * pad, np.int32),
-            np.stack([_prng_key(p.seed) for p in params]), np.array([p.temperature for p in params], np.float32),
-            np.array([p.top_k for p in params], np.int32), np.array([p.top_p for p in params], np.float32))
+            self.model.params, self._state, batch, np.int32(slot), _prng_key(p.seed),
+            np.float32(p.temperature), np.int32(p.top_k), np.float32(p.top_p))
         jax.block_until_ready(self._state["pos"])
         self.timers["prefill_s"] += time.perf_counter() - t0
-        self.timers["prefills"] += len(handles)
-        self.timers["prefill_calls"] += 1
+        self.timers["prefills"] += 1
 
-    def warmup(self, prompts: Sequence[Prompt] = (), group_sizes: Sequence[int] = (1,)):
-        """Compile the step, and the prefill of each given prompt's shape for each of `group_sizes` (each at
-        most max_batch; `self.group_sizes`: every prefill a prompt of that shape can need), before serving."""
+    def warmup(self, prompts: Sequence[Prompt] = ()):
+        """Compile the step (and the prefill of each given prompt's shape) before serving."""
         if self._state is None:
             self._state = self._init_state()
         for pr in prompts:
             h = Handle(pr, SamplingParams(max_tokens=1), lambda *a: None)
-            for g in group_sizes:
-                self._prefill([h] * g, list(range(g)))  # slots still free: what they hold is overwritten
+            self._prefill(h, 0)
         self._state, tok = self._step(self.model.params, self._state, jnp.zeros((self.max_batch,), bool))
         np.asarray(tok)
 
@@ -364,7 +319,6 @@ class Engine:
             h.on_event("done", h)
 
     def _admit(self):
-        """Prefill waiting requests into the free slots, a group of one shape per compiled call (the module doc)."""
         while True:
             with self._cv:
                 free = [i for i, h in enumerate(self._slots) if h is None]
@@ -376,58 +330,17 @@ class Engine:
                     self.timers["cancelled"] += len(left)
                 if not free or not self._queue:
                     return
-                # Only this thread takes requests out of the queue (submit appends): these stay its head.
-                waiting = list(itertools.islice(self._queue, self.scan_limit))
-            group, failed = self._pick_group(waiting, len(free))  # builds model batches: outside the lock
-            with self._cv:
-                taken = {id(h) for h in group} | {id(h) for h, _ in failed}
-                self._queue = collections.deque(h for h in self._queue if id(h) not in taken)
-            for h, e in failed:
-                h.on_event("error", e)
-            self._prefill_group(group, free[:len(group)])
-
-    def _pick_group(self, waiting: List[Handle], room: int):
-        """The oldest of `waiting` and the later ones whose model batch has its shapes, at most `room` ->
-        (group, [(handle, error)] of those whose batch cannot be built: they fail alone)."""
-        group, failed, shape = [], [], None
-        for h in waiting:
-            if len(group) == room:
-                break
-            if h.cancelled:  # left for the next round to count
-                continue
+                h = self._queue.popleft()
+            slot = free[0]
             try:
-                key = _shape_key(self._batch_of(h))
-            except Exception as e:
-                log.exception("a request's model batch cannot be built")
-                failed.append((h, e))
+                self._prefill(h, slot)
+            except Exception as e:  # a prompt the model cannot take fails alone
+                log.exception("prefill failed")
+                if self._state is None or any(x.is_deleted() for x in jax.tree_util.tree_leaves(self._state)):
+                    raise
+                h.on_event("error", e)
                 continue
-            if shape is None:
-                shape = key
-            if key == shape:
-                group.append(h)
-        return group, failed
-
-    def _prefill_group(self, group: List[Handle], slots: List[int]):
-        """Prefill `group` into `slots` in one call; if it fails, one request at a time, so that a prompt the
-        model cannot take fails alone."""
-        if not group:
-            return
-        try:
-            self._prefill(group, slots)
-        except Exception as e:
-            log.exception("prefill of %d requests failed", len(group))
-            if self._state is None or any(x.is_deleted() for x in jax.tree_util.tree_leaves(self._state)):
-                for h in group:  # the donated state is gone: the engine stops, and these fail with it
-                    h.on_event("error", e)
-                raise
-            if len(group) == 1:
-                group[0].on_event("error", e)
-            else:
-                for h, slot in zip(group, slots):
-                    self._prefill_group([h], [slot])
-            return
-        for h, slot in zip(group, slots):
-            h.slot, h.batch = slot, None
+            h.slot = slot
             self._slots[slot] = h
 
     def _run(self):

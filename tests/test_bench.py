@@ -155,3 +155,19 @@ def test_decode_kernel_bench_quick_mode_runs(tmp_path):
         assert r["bit_identical"] and len(r["sources"]) == 2
         assert all(s["ms"] > 0 and s["gb_per_s"] > 0 for s in r["sources"])
     assert (tmp_path / "decode_kernel.png").exists()
+
+
+def test_demo_binding_probe_runs_and_names_its_runs(tmp_path):
+    """benchmarks/demo_binding.py (where the demo's spatial answers are lost): its run names parse, bad
+    ones are refused by name, and a few steps of each token kind train and score by object count."""
+    from benchmarks import demo_binding
+
+    assert demo_binding.parse_run("features:0.5:1") == {"name": "features:0.5:1", "tokens": "features",
+                                                        "identity": 0.5, "shared": 1.0, "noise": 0.0}
+    with pytest.raises(ValueError, match="features:ID"):
+        demo_binding.parse_run("features:1")
+    results = demo_binding.main(["--out", str(tmp_path), "--steps", "3", "--batch", "4", "pair", "features:1:0:0.5"])
+    assert [r["name"] for r in results] == ["pair", "features:1:0:0.5"]
+    for r in results:
+        assert all(0 <= r[k] <= 1 for k in ("accuracy", "objects1", "objects2", "objects3", "shape_questions"))
+    assert (tmp_path / "results.json").is_file()
